@@ -1,0 +1,80 @@
+"""The model-runner contract every backend fulfils, and what it knows of its model.
+
+A backend turns token ids into next-token logits and keeps its own KV cache. It never
+samples, never decodes text and never decides to stop: the engine does that, once,
+for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Facts about the served model that the engine and the API need."""
+
+    name: str
+    context_length: int
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    is_encoder_decoder: bool = False
+    decoder_start_token_id: int | None = None
+    bos_token_id: int | None = None
+    backend: str = "hf_eager"
+    device: str = "cpu"
+    devices: tuple[str, ...] = ()
+    dtype: str = "float32"
+    created: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Seq:
+    """What a backend sees of one sequence: its id and its tokens.
+
+    For decoder-only models `token_ids` is prompt plus generated tokens. For
+    encoder-decoder models `encoder_ids` is the prompt and `token_ids` the decoder
+    tokens (starting with the decoder start token).
+    """
+
+    seq_id: int
+    token_ids: list[int]
+    encoder_ids: list[int] | None = None
+    backend_state: object = field(default=None, repr=False)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Turns token ids into logits; owns the KV cache of every live sequence."""
+
+    info: ModelInfo
+    tokenizer: PreTrainedTokenizerBase
+
+    def prefill(self, seqs: Sequence[Seq]) -> torch.Tensor:
+        """Run the prompts of new sequences; return next-token logits [len(seqs), vocab].
+
+        Creates each sequence's cache row.
+        """
+        ...
+
+    def decode(self, seqs: Sequence[Seq]) -> torch.Tensor:
+        """Feed each sequence's last token; return next-token logits [len(seqs), vocab]."""
+        ...
+
+    def fork(self, parent: Seq, children: Sequence[Seq]) -> None:
+        """Give each child a copy of the parent's cache row (n choices share one prefill)."""
+        ...
+
+    def release(self, seqs: Sequence[Seq]) -> None:
+        """Free the cache rows of finished or cancelled sequences."""
+        ...
+
+    def score(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Logits at every position of a prompt, without a cache: [len(token_ids), vocab]."""
+        ...

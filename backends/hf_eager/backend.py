@@ -1,0 +1,188 @@
+"""hf_eager: the plain Transformers forward with a dynamic, left-padded batch cache."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from backends import loading
+from backends.base import ModelInfo, Seq
+from backends.errors import InvalidRequestError
+from backends.hf_eager.batch_cache import BatchCache
+
+log = logging.getLogger("ladle.hf_eager")
+
+
+class HFEagerBackend:
+    """Runs any Transformers causal or seq2seq LM; sequences join and leave the batch between steps."""
+
+    name = "hf_eager"
+
+    def __init__(self, model: Any, tokenizer: Any, model_name: str = "model") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        config = model.config
+        self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        self.device = next(model.parameters()).device
+        devices = sorted({str(p.device) for p in model.parameters()})
+        self.info = ModelInfo(
+            name=model_name,
+            context_length=loading.context_length(model, tokenizer),
+            vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+            eos_token_ids=loading.eos_token_ids(model, tokenizer),
+            is_encoder_decoder=self.is_encoder_decoder,
+            decoder_start_token_id=getattr(config, "decoder_start_token_id", None),
+            bos_token_id=tokenizer.bos_token_id,
+            backend=self.name,
+            device=str(self.device),
+            devices=tuple(devices),
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+            created=int(time.time()),
+        )
+        self.pad_id = _pad_id(model, tokenizer)
+        self.batch: BatchCache | None = None
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, seqs: Sequence[Seq]) -> torch.Tensor:
+        """Run new sequences' prompts as one left-padded batch and add them to the running batch."""
+        if self.is_encoder_decoder:
+            logits, batch = self._prefill_seq2seq(seqs)
+        else:
+            logits, batch = self._prefill_causal(seqs)
+        if self.batch is None or len(self.batch) == 0:
+            self.batch = batch
+        else:
+            self.batch.merge(batch)
+        return logits
+
+    @torch.inference_mode()
+    def decode(self, seqs: Sequence[Seq]) -> torch.Tensor:
+        """One token for each sequence, in one forward over the batch."""
+        batch = self.batch
+        if batch is None:
+            raise RuntimeError("decode before prefill")
+        batch.select([s.seq_id for s in seqs])
+        input_ids = torch.tensor([[s.token_ids[-1]] for s in seqs], device=self.device)  # [B, 1]
+        mask = batch.attention_mask(1).to(self.device)  # [B, L + 1]
+        if self.is_encoder_decoder:
+            out = self.model(
+                encoder_outputs=(batch.encoder_states,),
+                attention_mask=batch.encoder_mask,
+                decoder_input_ids=input_ids,
+                decoder_attention_mask=mask,
+                cache=batch.cache,
+                use_cache=True,
+            )
+        else:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=batch.positions().to(self.device),
+                cache=batch.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1, :]  # [B, V]
+
+    def fork(self, parent: Seq, children: Sequence[Seq]) -> None:
+        """Copy the parent's cache row once for each child."""
+        if not children or self.batch is None:
+            return
+        ids = self.batch.seq_ids
+        index = ids + [parent.seq_id] * len(children)
+        self.batch.select(index)
+        # select() names rows by seq id; the copies take the children's ids afterwards.
+        self.batch.seq_ids = ids + [c.seq_id for c in children]
+
+    def release(self, seqs: Sequence[Seq]) -> None:
+        """Drop the rows of these sequences."""
+        if self.batch is None:
+            return
+        gone = {s.seq_id for s in seqs}
+        keep = [sid for sid in self.batch.seq_ids if sid not in gone]
+        if not keep:
+            self.batch = None
+            return
+        self.batch.select(keep)
+
+    @torch.inference_mode()
+    def score(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Logits at every prompt position [S, V], for echoed prompt logprobs."""
+        if self.is_encoder_decoder:
+            raise InvalidRequestError("echo with logprobs is not supported for encoder-decoder models", "echo")
+        ids = torch.tensor([list(token_ids)], device=self.device)
+        return self.model(input_ids=ids, use_cache=False).logits[0]  # [S, V]
+
+    # -- prefill paths --------------------------------------------------------------------------
+
+    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        width = max(len(r) for r in rows)
+        pad = [width - len(r) for r in rows]
+        ids = torch.tensor([[self.pad_id] * p + r for p, r in zip(pad, rows, strict=True)], device=self.device)
+        mask = torch.tensor([[0] * p + [1] * len(r) for p, r in zip(pad, rows, strict=True)], device=self.device)
+        return ids, mask, pad  # [N, S], [N, S], [N]
+
+    def _prefill_causal(self, seqs: Sequence[Seq]) -> tuple[torch.Tensor, BatchCache]:
+        from transformers import DynamicCache
+
+        ids, mask, pad = self._left_padded([list(s.token_ids) for s in seqs])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [N, S]
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :], BatchCache(cache, [s.seq_id for s in seqs], pad)
+
+    def _prefill_seq2seq(self, seqs: Sequence[Seq]) -> tuple[torch.Tensor, BatchCache]:
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        prompts = [list(s.encoder_ids or []) for s in seqs]
+        width = max(len(p) for p in prompts)
+        enc_ids = torch.tensor([p + [self.pad_id] * (width - len(p)) for p in prompts], device=self.device)
+        enc_mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=self.device)
+        encoder_states = self.model.get_encoder()(input_ids=enc_ids, attention_mask=enc_mask).last_hidden_state
+        dec_ids, dec_mask, pad = self._left_padded([list(s.token_ids) for s in seqs])
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        out = self.model(
+            encoder_outputs=(encoder_states,),
+            attention_mask=enc_mask,
+            decoder_input_ids=dec_ids,
+            decoder_attention_mask=dec_mask,
+            cache=cache,
+            use_cache=True,
+        )
+        batch = BatchCache(cache, [s.seq_id for s in seqs], pad, encoder_states, enc_mask)
+        return out.logits[:, -1, :], batch
+
+
+def _pad_id(model: Any, tokenizer: Any) -> int:
+    for value in (tokenizer.pad_token_id, getattr(model.config, "pad_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def load(
+    source: loading.ModelSource,
+    dtype: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> HFEagerBackend:
+    """Load a model for the hf_eager backend."""
+    device = device or loading.default_device()
+    torch_dtype = loading.pick_dtype(dtype, device)
+    model, tokenizer = loading.load_pretrained(source, trust_remote_code, dtype=torch_dtype)
+    model.to(device)
+    log.info("hf_eager: %s on %s in %s", source.name, device, torch_dtype)
+    return HFEagerBackend(model, tokenizer, source.name)

@@ -1,0 +1,165 @@
+"""The Python library API: `load_model()` and a callable model that streams choices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import fields
+from typing import Any
+
+from backends import loading
+from backends.async_engine import AsyncEngine
+from backends.base import Backend, ModelInfo
+from backends.engine import EngineCore
+from backends.outputs import ChoiceDelta, RequestOutput, TokenLogprob
+from backends.params import SamplingParams
+
+log = logging.getLogger("ladle")
+
+BACKENDS = ("hf_eager", "hf_bettertransformer", "hf_int8")
+_PARAM_NAMES = {f.name for f in fields(SamplingParams)}
+
+
+def load_backend(
+    model: str | None = None,
+    *,
+    backend: str = "hf_eager",
+    dtype: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: str | None = None,
+    **options: Any,
+) -> Backend:
+    """Resolve MODEL and load it with the named backend."""
+    source = loading.resolve(model, cache_dir, trust_remote_code)
+    if backend == "hf_eager":
+        from backends import hf_eager
+
+        return hf_eager.load(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if backend == "hf_bettertransformer":
+        from backends import hf_bettertransformer
+
+        return hf_bettertransformer.load(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **options)
+    if backend == "hf_int8":
+        from backends import hf_int8
+
+        return hf_int8.load(source, dtype=dtype, trust_remote_code=trust_remote_code, **options)
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def load_model(
+    model: str | None = None,
+    *,
+    backend: str = "hf_eager",
+    dtype: str | None = None,
+    device: str | None = None,
+    max_batch_size: int = 16,
+    max_queued_requests: int = 256,
+    trust_remote_code: bool = False,
+    cache_dir: str | None = None,
+    **options: Any,
+) -> Model:
+    """Load a model (the default model when none is named) ready to generate."""
+    loaded = load_backend(
+        model,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        cache_dir=cache_dir,
+        **options,
+    )
+    return Model(EngineCore(loaded, max_batch_size, max_queued_requests))
+
+
+def make_params(**kwargs: Any) -> SamplingParams:
+    """SamplingParams from keyword arguments; unknown or invalid ones raise ValueError naming them."""
+    unknown = sorted(set(kwargs) - _PARAM_NAMES)
+    if unknown:
+        raise ValueError(f"unknown parameter: {unknown[0]}")
+    if isinstance(kwargs.get("stop"), str):
+        kwargs["stop"] = [kwargs["stop"]]
+    params = SamplingParams(**kwargs)
+    params.validate()
+    return params
+
+
+class Model:
+    """A loaded model: call it with a prompt to stream OpenAI-shaped completion choices."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self.backend = core.backend
+        self.tokenizer = core.tokenizer
+        self.info: ModelInfo = core.info
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The asyncio driver of this model's engine (created on first use, in the running loop)."""
+        if self._engine is None:
+            self._engine = AsyncEngine(self.core)
+        return self._engine
+
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        """Token ids of a prompt (a string is tokenized with the tokenizer's special tokens)."""
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt).input_ids)
+        return list(prompt)
+
+    def __call__(self, prompt: str | Sequence[int] = "", **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Generate for one prompt, yielding a choice dict per new piece of text of each choice."""
+        if self._engine is not None and self._engine.running:
+            raise RuntimeError("the async engine is running: use `async for c in model.agenerate(...)`")
+        params = make_params(**kwargs)
+        request_id = self.core.add_request(self.encode(prompt), params)
+        return self._drive(request_id, params)
+
+    def _drive(self, request_id: str, params: SamplingParams) -> Iterator[dict[str, Any]]:
+        try:
+            while True:
+                result = self.core.step()
+                if request_id in result.failures:
+                    raise result.failures[request_id]
+                for output in result.outputs:
+                    if output.request_id == request_id:
+                        yield from _choices(output, params)
+                        if output.finished:
+                            return
+        finally:
+            self.core.abort(request_id)
+
+    async def agenerate(self, prompt: str | Sequence[int] = "", **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+        """The async variant of calling the model; needs the engine started (`await model.engine.start()`)."""
+        params = make_params(**kwargs)
+        engine = self.engine
+        if not engine.running:
+            await engine.start()
+        stream = engine.submit(self.encode(prompt), params)
+        async for output in stream:
+            for choice in _choices(output, params):
+                yield choice
+
+    def close(self) -> None:
+        """Drop the model's weights and cache."""
+        self.core.shutdown()
+        self.backend.release([])
+
+
+def _choices(output: RequestOutput, params: SamplingParams) -> Iterator[dict[str, Any]]:
+    for delta in output.choices:
+        yield {
+            "text": delta.text,
+            "index": delta.index,
+            "logprobs": _logprobs(delta) if params.logprobs is not None else None,
+            "finish_reason": delta.finish_reason,
+        }
+
+
+def _logprobs(delta: ChoiceDelta) -> dict[str, Any]:
+    entries: list[TokenLogprob] = delta.logprobs
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
+    }
