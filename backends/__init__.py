@@ -23,7 +23,14 @@ _EXPORTS = {
     "SamplingParams": "backends.params",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AsyncEngine",
+    "Model",
+    "RequestStream",
+    "SamplingParams",
+    "load_backend",
+    "load_model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -90,7 +90,9 @@ class AsyncEngine:
         self._streams.clear()
         self._executor.shutdown(wait=True)
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None = None) -> RequestStream:
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None = None
+    ) -> RequestStream:
         """Queue a request; raises InvalidRequestError, ContextLengthError, QueueFullError or
         EngineStoppedError at once."""
         request_id = self.core.add_request(prompt_ids, params, request_id)

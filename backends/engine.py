@@ -77,7 +77,9 @@ class EngineCore:
     def has_work(self) -> bool:
         return bool(self._running or self._waiting)
 
-    def add_request(self, prompt_ids: Seqs[int], params: SamplingParams, request_id: str | None = None) -> str:
+    def add_request(
+        self, prompt_ids: Seqs[int], params: SamplingParams, request_id: str | None = None
+    ) -> str:
         """Validate and queue a request; raises at once if it cannot be served."""
         prompt = self._check(list(prompt_ids), params)
         request_id = request_id or uuid.uuid4().hex
@@ -115,7 +117,9 @@ class EngineCore:
         if not prompt:
             start = self.info.bos_token_id
             if start is None:
-                raise InvalidRequestError("the prompt is empty and the model has no BOS token", param="prompt")
+                raise InvalidRequestError(
+                    "the prompt is empty and the model has no BOS token", param="prompt"
+                )
             prompt = [start]
         if any(not 0 <= t < self.info.vocab_size for t in prompt):
             raise InvalidRequestError("the prompt holds token ids outside the vocabulary", param="prompt")
@@ -124,7 +128,8 @@ class EngineCore:
         room = context - 1 if self.info.is_encoder_decoder else context - len(prompt)
         if len(prompt) > context or room < 1:
             raise ContextLengthError(
-                f"the prompt has {len(prompt)} tokens; this model's context length is {context}", param="prompt"
+                f"the prompt has {len(prompt)} tokens; this model's context length is {context}",
+                param="prompt",
             )
         if params.max_tokens is not None and params.max_tokens > room:
             raise ContextLengthError(
@@ -175,12 +180,13 @@ class EngineCore:
 
     def _make_sequences(self, request: Request) -> None:
         params, info = request.params, self.info
+        start = next((t for t in (info.decoder_start_token_id, info.bos_token_id) if t is not None), 0)
         if info.is_encoder_decoder:
-            start = info.decoder_start_token_id
-            start = start if start is not None else (info.bos_token_id or 0)
             max_tokens = min(params.max_tokens or info.context_length, info.context_length - 1)
         else:
-            max_tokens = min(params.max_tokens or info.context_length, info.context_length - len(request.prompt_ids))
+            max_tokens = min(
+                params.max_tokens or info.context_length, info.context_length - len(request.prompt_ids)
+            )
         for index in range(params.num_sequences):
             if info.is_encoder_decoder:
                 seq = Seq(self._next_seq_id, [start], encoder_ids=request.prompt_ids)
@@ -198,7 +204,9 @@ class EngineCore:
                     prompt_ids=request.prompt_ids,
                     max_tokens=max_tokens,
                     generator=make_generator(seed),
-                    detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_context, params.skip_special_tokens),
+                    detokenizer=IncrementalDetokenizer(
+                        self.tokenizer, prompt_context, params.skip_special_tokens
+                    ),
                     stopper=StopMatcher(params.stop),
                 )
             )
@@ -278,8 +286,10 @@ class EngineCore:
 
     def _close(self, s: Sequence, reason: str) -> None:
         text, stopped = s.stopper.feed(s.detokenizer.flush())
-        s.delta_text += text if stopped else text + s.stopper.flush()
-        s.finish_reason = "stop" if stopped else reason
+        if not stopped:
+            text += s.stopper.flush()  # flush may still find a stop that a longer one was masking
+        s.delta_text += text
+        s.finish_reason = "stop" if stopped or s.stopper.stopped else reason
 
     def _token_logprob(self, token: int, logprob: float | None, top: list[tuple[int, float]]) -> TokenLogprob:
         tok = self.tokenizer
@@ -299,7 +309,9 @@ class EngineCore:
         for pos in range(1, len(ids)):
             row = logprobs[pos - 1]
             top = torch.topk(row, k) if k else None
-            pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+            pairs = (
+                list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+            )
             entries.append(self._token_logprob(ids[pos], float(row[ids[pos]]), pairs))
         return entries
 

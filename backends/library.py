@@ -39,7 +39,9 @@ def load_backend(
     if backend == "hf_bettertransformer":
         from backends import hf_bettertransformer
 
-        return hf_bettertransformer.load(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **options)
+        return hf_bettertransformer.load(
+            source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **options
+        )
     if backend == "hf_int8":
         from backends import hf_int8
 
@@ -129,7 +131,9 @@ class Model:
         finally:
             self.core.abort(request_id)
 
-    async def agenerate(self, prompt: str | Sequence[int] = "", **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+    async def agenerate(
+        self, prompt: str | Sequence[int] = "", **kwargs: Any
+    ) -> AsyncIterator[dict[str, Any]]:
         """The async variant of calling the model; needs the engine started (`await model.engine.start()`)."""
         params = make_params(**kwargs)
         engine = self.engine

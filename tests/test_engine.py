@@ -222,7 +222,12 @@ async def test_async_engine_streams_and_cancels() -> None:
     engine = AsyncEngine(EngineCore(backend, max_batch_size=4))
     await engine.start()
     try:
-        got = [t async for out in engine.submit([10], greedy(max_tokens=3)) for c in out.choices for t in c.token_ids]
+        got = [
+            t
+            async for out in engine.submit([10], greedy(max_tokens=3))
+            for c in out.choices
+            for t in c.token_ids
+        ]
         assert got == [11, 12, 13]
         stream = engine.submit([10], greedy(max_tokens=60))
         async for _ in stream:

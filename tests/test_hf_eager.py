@@ -104,7 +104,9 @@ def test_seeded_sampling_is_the_same_with_other_neighbours(kind: str) -> None:
 def test_engine_greedy_batched_equals_one_at_a_time(kind: str) -> None:
     backend = tiny_backend(kind)
     rng = random.Random(1)
-    prompts = [[rng.randrange(5, backend.info.vocab_size) for _ in range(rng.randrange(1, 20))] for _ in range(8)]
+    prompts = [
+        [rng.randrange(5, backend.info.vocab_size) for _ in range(rng.randrange(1, 20))] for _ in range(8)
+    ]
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 
     def generate(batch: list[list[int]]) -> dict[int, list[int]]:

@@ -98,7 +98,7 @@ def build(kind: str = "llama", seed: int = 0) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model_dir(kind: str = "llama") -> Path:
     """A saved tiny model with its tokenizer and a chat template, built once per process."""
     root = Path(os.environ.get("LADLE_TEST_MODELS", tempfile.gettempdir())) / f"ladle-tiny-{os.getpid()}"

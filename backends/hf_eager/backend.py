@@ -132,7 +132,9 @@ class HFEagerBackend:
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Logits at every prompt position [S, V], for echoed prompt logprobs."""
         if self.is_encoder_decoder:
-            raise InvalidRequestError("echo with logprobs is not supported for encoder-decoder models", "echo")
+            raise InvalidRequestError(
+                "echo with logprobs is not supported for encoder-decoder models", "echo"
+            )
         ids = torch.tensor([list(token_ids)], device=self.device)
         return self.model(input_ids=ids, use_cache=False).logits[0]  # [S, V]
 
@@ -141,8 +143,12 @@ class HFEagerBackend:
     def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         width = max(len(r) for r in rows)
         pad = [width - len(r) for r in rows]
-        ids = torch.tensor([[self.pad_id] * p + r for p, r in zip(pad, rows, strict=True)], device=self.device)
-        mask = torch.tensor([[0] * p + [1] * len(r) for p, r in zip(pad, rows, strict=True)], device=self.device)
+        ids = torch.tensor(
+            [[self.pad_id] * p + r for p, r in zip(pad, rows, strict=True)], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * p + [1] * len(r) for p, r in zip(pad, rows, strict=True)], device=self.device
+        )
         return ids, mask, pad  # [N, S], [N, S], [N]
 
     def _prefill_causal(self, seqs: Sequence[Seq]) -> tuple[torch.Tensor, BatchCache]:
@@ -168,7 +174,9 @@ class HFEagerBackend:
         width = max(len(p) for p in prompts)
         enc_ids = torch.tensor([p + [self.pad_id] * (width - len(p)) for p in prompts], device=self.device)
         enc_mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=self.device)
-        encoder_states = self.model.get_encoder()(input_ids=enc_ids, attention_mask=enc_mask).last_hidden_state
+        encoder_states = self.model.get_encoder()(
+            input_ids=enc_ids, attention_mask=enc_mask
+        ).last_hidden_state
         dec_ids, dec_mask, pad = self._left_padded([list(s.token_ids) for s in seqs])
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         out = self.model(
@@ -184,7 +192,11 @@ class HFEagerBackend:
 
 
 def _pad_id(model: Any, tokenizer: Any) -> int:
-    for value in (tokenizer.pad_token_id, getattr(model.config, "pad_token_id", None), tokenizer.eos_token_id):
+    for value in (
+        tokenizer.pad_token_id,
+        getattr(model.config, "pad_token_id", None),
+        tokenizer.eos_token_id,
+    ):
         if isinstance(value, int):
             return value
     return 0

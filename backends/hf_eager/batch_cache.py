@@ -148,7 +148,9 @@ class BatchCache:
             _select(cross_layers(self.cache), index.to(self._device()))
             self.pad = self.pad.index_select(0, index)
             if self.encoder_states is not None and self.encoder_mask is not None:
-                self.encoder_states = self.encoder_states.index_select(0, index.to(self.encoder_states.device))
+                self.encoder_states = self.encoder_states.index_select(
+                    0, index.to(self.encoder_states.device)
+                )
                 self.encoder_mask = self.encoder_mask.index_select(0, index.to(self.encoder_mask.device))
             self.seq_ids = list(seq_ids)
         self._trim()
