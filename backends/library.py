@@ -62,6 +62,8 @@ def load_model(
     **options: Any,
 ) -> Model:
     """Load a model (the default model when none is named) ready to generate."""
+    if backend == "hf_bettertransformer":
+        options.setdefault("max_batch_size", max_batch_size)  # sizes its static cache
     loaded = load_backend(
         model,
         backend=backend,

@@ -1,4 +1,4 @@
-"""hf_eager: the plain Transformers forward with a dynamic, left-padded batch cache."""
+"""The Transformers model runner shared by the HF backends: a dynamic, left-padded batch cache."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import torch
 
 from backends import loading
 from backends.base import ModelInfo, Seq
+from backends.batch_cache import BatchCache
 from backends.errors import InvalidRequestError
-from backends.hf_eager.batch_cache import BatchCache
 
-log = logging.getLogger("ladle.hf_eager")
+log = logging.getLogger("ladle.backend")
 
 
-class HFEagerBackend:
+class TransformersRunner:
     """Runs any Transformers causal or seq2seq LM; sequences join and leave the batch between steps."""
 
     name = "hf_eager"
@@ -200,18 +200,3 @@ def _pad_id(model: Any, tokenizer: Any) -> int:
         if isinstance(value, int):
             return value
     return 0
-
-
-def load(
-    source: loading.ModelSource,
-    dtype: str | None = None,
-    device: str | None = None,
-    trust_remote_code: bool = False,
-) -> HFEagerBackend:
-    """Load a model for the hf_eager backend."""
-    device = device or loading.default_device()
-    torch_dtype = loading.pick_dtype(dtype, device)
-    model, tokenizer = loading.load_pretrained(source, trust_remote_code, dtype=torch_dtype)
-    model.to(device)
-    log.info("hf_eager: %s on %s in %s", source.name, device, torch_dtype)
-    return HFEagerBackend(model, tokenizer, source.name)
