@@ -45,6 +45,7 @@ from backends.params import SamplingParams
 __all__ = ["SampleResult", "Sampler", "SamplingRow", "make_generator", "wants_logprobs"]
 
 _NEG_INF = float("-inf")
+_CANDIDATES = 1024  # tokens kept before the sort that top_p / min_p need
 
 
 class SamplingRow(Protocol):
@@ -178,15 +179,63 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _truncate(x: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
-    """top_k, then top_p, then min_p over one descending sort: (sorted logits, -inf where cut; ids)."""
-    device, vocab = x.device, x.shape[1]
-    vals, order = torch.sort(x, dim=-1, descending=True, stable=True)  # [R, V] each
+    """top_k, then top_p, then min_p over one descending sort: (sorted logits, -inf where cut; ids).
+
+    A full sort of a 50k vocabulary costs more than a small model's forward on a CPU, so the
+    rows are first cut to their top candidates; rows whose kept set might reach past them
+    are sorted in full.
+    """
+    vocab = x.shape[1]
+    width = max(_CANDIDATES, max(p.top_k for p in params))
+    if width >= vocab:
+        return _truncate_sorted(x, params, *torch.sort(x, dim=-1, descending=True, stable=True))
+    vals, order = torch.topk(x, width, dim=-1)  # [R, W] each, descending
+    cut, order = _truncate_sorted(x, params, vals, order)
+    exact = _within(x, params, vals)  # [R]
+    if bool(exact.all()):
+        return cut, order
+    # Fall back to the full sort for rows whose cut may lie beyond the candidates.
+    full = [i for i, ok in enumerate(exact.tolist()) if not ok]
+    fi = _index(full, x.device)
+    fvals, forder = torch.sort(x[fi], dim=-1, descending=True, stable=True)  # [F, V] each
+    fcut, forder = _truncate_sorted(x[fi], [params[i] for i in full], fvals, forder)
+    pad = vocab - width
+    cut = torch.nn.functional.pad(cut, (0, pad), value=_NEG_INF)  # [R, V]
+    order = torch.nn.functional.pad(order, (0, pad), value=0)  # [R, V]; padded ids carry no mass
+    cut[fi], order[fi] = fcut, forder
+    return cut, order
+
+
+def _within(x: torch.Tensor, params: list[SamplingParams], vals: torch.Tensor) -> torch.Tensor:
+    """Per row: does every token the row keeps lie among the candidates `vals` [R, W]?"""
+    width = vals.shape[1]
+    probs = torch.exp(vals - torch.logsumexp(x, dim=-1, keepdim=True))  # [R, W], over the full vocab
+    ok = torch.tensor([0 < p.top_k <= width for p in params], device=x.device)  # [R]
+    top_p = _column([p.top_p for p in params], x.device).squeeze(1)  # [R]
+    ok |= (top_p < 1.0) & (probs.sum(dim=-1) >= top_p)
+    min_p = _column([p.min_p for p in params], x.device).squeeze(1)  # [R]
+    ok |= (min_p > 0.0) & (probs[:, -1] < min_p * probs[:, 0])
+    return ok
+
+
+def _truncate_sorted(
+    x: torch.Tensor, params: list[SamplingParams], vals: torch.Tensor, order: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cut over rows already sorted descending (`vals`, `order` [R, W]), W <= vocab."""
+    device, vocab = x.device, vals.shape[1]
     pos = torch.arange(vocab, device=device).unsqueeze(0)  # [1, V]
     tail = pos > 0  # [1, V]: the most likely token is always kept
     if any(p.top_k > 0 for p in params):
         k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device)  # [R]
         vals = vals.masked_fill((pos >= k.unsqueeze(1)) & tail, _NEG_INF)
-    probs = torch.softmax(vals, dim=-1)  # [R, V], renormalized over what top_k kept
+    if vocab == x.shape[1]:
+        probs = torch.softmax(vals, dim=-1)  # [R, V], renormalized over what top_k kept
+    else:  # candidates only: rows without top_k normalise over their whole vocabulary
+        has_k = torch.tensor([p.top_k > 0 for p in params], device=device).unsqueeze(1)  # [R, 1]
+        norm = torch.where(
+            has_k, torch.logsumexp(vals, dim=-1, keepdim=True), torch.logsumexp(x, dim=-1, keepdim=True)
+        )  # [R, 1]
+        probs = torch.exp(vals - norm)  # [R, W]
     drop = torch.zeros_like(vals, dtype=torch.bool)  # [R, V]
     if any(p.top_p < 1.0 for p in params):
         top_p = _column([p.top_p if p.top_p < 1.0 else math.inf for p in params], device)  # [R, 1]

@@ -424,3 +424,31 @@ def test_rejects_mismatched_logits_and_accepts_an_empty_batch() -> None:
     with pytest.raises(ValueError):
         sampler(torch.zeros(4), [row()])
     assert sampler(torch.zeros(0, 4), []) == SampleResult([], [], [])
+
+
+@pytest.mark.parametrize("candidates", [4, 16, 64])
+def test_candidate_cut_equals_the_full_sort(monkeypatch: pytest.MonkeyPatch, candidates: int) -> None:
+    """Cutting to the top candidates before sorting never changes the kept distribution."""
+    import backends.sampler as sampler_module
+
+    gen = torch.Generator().manual_seed(candidates)
+    x = torch.randn(8, 300, generator=gen) * torch.linspace(0.5, 6.0, 8).unsqueeze(1)  # flat to peaked rows
+    params = [
+        SamplingParams(top_p=0.9),
+        SamplingParams(top_p=0.5, min_p=0.05),
+        SamplingParams(top_k=3),
+        SamplingParams(top_k=10, top_p=0.8),
+        SamplingParams(min_p=0.2),
+        SamplingParams(top_p=0.99),
+        SamplingParams(min_p=0.01),
+        SamplingParams(top_p=0.3),
+    ]
+
+    def distribution() -> torch.Tensor:
+        cut, order = sampler_module._truncate(x, params)
+        dist = torch.zeros_like(x)
+        return dist.scatter_add_(1, order, torch.softmax(cut, dim=-1))  # [R, V] by token id
+
+    full = distribution()
+    monkeypatch.setattr(sampler_module, "_CANDIDATES", candidates)
+    assert torch.allclose(distribution(), full, atol=1e-6)
