@@ -144,13 +144,14 @@ class EngineCore:
         """Admit, prefill, decode once, and return what every touched request produced."""
         result = StepResult()
         self._drop_aborted(result)
-        admitted = self._admit()
-        decoding = [s for s in self._running if not s.finished]
         touched: dict[str, Request] = {}
+        # Decode before prefilling: a backend's decode takes exactly its live sequences, and
+        # the newly admitted ones get their first token from the prefill itself.
+        if self._running:
+            self._decode(list(self._running), result, touched)
+        admitted = self._admit()
         if admitted:
             self._prefill(admitted, result, touched)
-        if decoding:
-            self._decode(decoding, result, touched)
         self._finish(touched, result)
         return result
 

@@ -111,9 +111,11 @@ def test_engine_greedy_batched_equals_one_at_a_time(kind: str) -> None:
 
     def generate(batch: list[list[int]]) -> dict[int, list[int]]:
         core = EngineCore(backend, max_batch_size=16)
-        ids = {core.add_request(p, params): i for i, p in enumerate(batch)}
+        ids: dict[str, int] = {}
         got: dict[int, list[int]] = {i: [] for i in range(len(batch))}
-        while core.has_work():
+        while core.has_work() or len(ids) < len(batch):
+            if len(ids) < len(batch):  # requests arrive one per step, joining those mid-flight
+                ids[core.add_request(batch[len(ids)], params)] = len(ids)
             for out in core.step().outputs:
                 got[ids[out.request_id]] += [t for c in out.choices for t in c.token_ids]
         return got

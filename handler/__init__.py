@@ -1,0 +1,3 @@
+"""ladle's HTTP layer: an OpenAI-compatible ASGI app over the backends' engine."""
+
+from __future__ import annotations

@@ -1,0 +1,91 @@
+"""The OpenAPI document, generated from the pydantic request and response models."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from handler.protocol import ChatCompletionRequest, CompletionRequest
+from handler.replies import ChatCompletion, Completion, ErrorResponse, Health, ModelCard, ModelList
+
+_REF = "#/components/schemas/{model}"
+_ERRORS = {
+    "400": "invalid request",
+    "401": "missing or wrong API key",
+    "413": "request body too large",
+    "429": "the engine's queue is full; see Retry-After",
+    "500": "generation failed",
+    "503": "the model is still loading",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors() -> dict[str, Any]:
+    return {code: _json(ErrorResponse, text) for code, text in _ERRORS.items()}
+
+
+def _generation(request: type[BaseModel], response: type[BaseModel], summary: str) -> dict[str, Any]:
+    ok = _json(response, "the response, or with stream: true server-sent events of chunks")
+    ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(request)}}},
+            "responses": {"200": ok, **_errors()},
+        }
+    }
+
+
+def _get(response: type[BaseModel], summary: str, **extra: Any) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": _json(response), **_errors()}, **extra}}
+
+
+@functools.cache
+def openapi_schema() -> dict[str, Any]:
+    """The whole document (computed once)."""
+    models: list[type[BaseModel]] = [
+        CompletionRequest,
+        ChatCompletionRequest,
+        Completion,
+        ChatCompletion,
+        ModelList,
+        ModelCard,
+        ErrorResponse,
+        Health,
+    ]
+    _, schemas = models_json_schema(
+        [
+            (model, "validation" if model.__name__.endswith("Request") else "serialization")
+            for model in models
+        ],
+        ref_template=_REF,
+    )
+    model_id = [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ladle", "version": "1", "description": "OpenAI-compatible text generation"},
+        "paths": {
+            "/v1/completions": _generation(CompletionRequest, Completion, "Create a completion"),
+            "/v1/chat/completions": _generation(
+                ChatCompletionRequest, ChatCompletion, "Create a chat completion"
+            ),
+            "/v1/models": _get(ModelList, "List models"),
+            "/v1/models/{model_id}": _get(ModelCard, "Retrieve a model", parameters=model_id),
+            "/health": _get(Health, "200 once the model is loaded, 503 before"),
+            "/ping": _get(Health, "Alias of /health"),
+        },
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,225 @@
+"""Request bodies of the OpenAI API as strict pydantic models, and their conversion to SamplingParams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backends.params import SamplingParams
+from handler.errors import APIError
+
+StopString = Annotated[str, Field(min_length=1)]
+TokenId = Annotated[int, Field(ge=0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class _Strict(BaseModel):
+    """Wrong types are errors: "1" is not an int, 1.5 is not an int, true is not a number."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The server's bounds on what one request may ask for."""
+
+    max_tokens: int = 4096
+    max_n: int = 5
+    max_logprobs: int = 5
+    max_top_logprobs: int = 20
+
+
+class SamplingRequest(_Strict):
+    """Fields shared by completions and chat completions; null means the default."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model: str | None = None
+    n: Annotated[int, Field(ge=1)] | None = 1
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = 0
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = 1.0
+    top_k: Annotated[int, Field(ge=-1)] | None = 0
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.0
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Penalty | None = 0.0
+    frequency_penalty: Penalty | None = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0.0)] | None = 1.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    user: str | None = None
+    ignore_eos: bool | None = False
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.stream)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def check_stream_options(self) -> None:
+        """stream_options only make sense with stream: true (as OpenAI and vLLM answer)."""
+        if self.stream_options is not None and not self.streaming:
+            raise APIError("stream_options can only be set when stream is true", param="stream_options")
+
+    def common_params(self, limits: Limits, max_tokens: int | None) -> SamplingParams:
+        """SamplingParams from the shared fields: user value, then server default, then OpenAI's."""
+        n = _or(self.n, 1)
+        _limit("n", n, limits.max_n)
+        if max_tokens is not None:
+            _limit("max_tokens", max_tokens, limits.max_tokens)
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            n=n,
+            max_tokens=max_tokens,
+            min_tokens=_or(self.min_tokens, 0),
+            temperature=_or(self.temperature, 1.0),
+            top_p=_or(self.top_p, 1.0),
+            top_k=_or(self.top_k, 0),
+            min_p=_or(self.min_p, 0.0),
+            presence_penalty=_or(self.presence_penalty, 0.0),
+            frequency_penalty=_or(self.frequency_penalty, 0.0),
+            repetition_penalty=_or(self.repetition_penalty, 1.0),
+            logit_bias=_logit_bias(self.logit_bias),
+            seed=self.seed,
+            stop=stop,
+            ignore_eos=bool(self.ignore_eos),
+        )
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    best_of: Annotated[int, Field(ge=1)] | None = None
+    echo: bool | None = False
+    logprobs: Annotated[int, Field(ge=0)] | None = None
+    suffix: str | None = None
+
+    def sampling_params(self, limits: Limits) -> SamplingParams:
+        """Check the completions-only rules and build SamplingParams (max_tokens None: up to the context)."""
+        self.check_stream_options()
+        if self.suffix is not None:
+            raise APIError(
+                "suffix is not supported: ladle serves no insertion (fill-in-the-middle)", "suffix"
+            )
+        params = self.common_params(limits, self.max_tokens)
+        params.echo = bool(self.echo)
+        if self.logprobs is not None:
+            _limit("logprobs", self.logprobs, limits.max_logprobs)
+            params.logprobs = self.logprobs
+        if self.best_of is not None and self.best_of != params.n:
+            if self.best_of < params.n:
+                raise APIError(
+                    f"best_of must be >= n, got best_of={self.best_of} and n={params.n}", "best_of"
+                )
+            if self.streaming:
+                raise APIError("best_of cannot be used with stream", param="best_of")
+            _limit("best_of", self.best_of, limits.max_n)
+            params.best_of = self.best_of
+        return params
+
+
+class TextPart(_Strict):
+    """A text part of a message's content; other part types are not supported."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    """One message of a conversation."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _needs_content(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+    def text(self) -> str:
+        """The content as one string (text parts joined)."""
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    def sampling_params(self, limits: Limits) -> SamplingParams:
+        """Check the chat-only rules and build SamplingParams (max_tokens None: up to the context)."""
+        self.check_stream_options()
+        self._refuse_unsupported()
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        params = self.common_params(limits, max_tokens)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError("top_logprobs requires logprobs to be true", param="top_logprobs")
+        if self.logprobs:
+            params.logprobs = _or(self.top_logprobs, 0)
+            _limit("top_logprobs", params.logprobs, limits.max_top_logprobs)
+        return params
+
+    def _refuse_unsupported(self) -> None:
+        if self.response_format is not None and self.response_format.type != "text":
+            raise APIError(
+                f"response_format {self.response_format.type} is not supported yet; only text is",
+                param="response_format",
+            )
+        if self.tools or self.functions:
+            param = "tools" if self.tools else "functions"
+            raise APIError("tool calling is not supported yet", param=param)
+        if self.function_call is not None or self.tool_choice not in (None, "none", "auto"):
+            raise APIError("tool calling is not supported yet", param="tool_choice")
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _limit(name: str, value: int, high: int) -> None:
+    if value > high:
+        raise APIError(f"{name} must be <= {high}, got {value}", param=name)
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    result: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise APIError(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias") from None
+        result[token] = value
+    return result

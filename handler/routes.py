@@ -1,0 +1,132 @@
+"""Starlette endpoints: read the request, call the service, write JSON or server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from handler.errors import APIError, PayloadTooLargeError
+from handler.openapi import openapi_schema
+from handler.replies import Health
+from handler.service import OpenAIService, Reply
+from handler.sse import EventSourceResponse
+from handler.state import ServerState
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its response was ready."""
+
+
+def server_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.ladle
+    return state
+
+
+def json_response(body: BaseModel, status_code: int = 200) -> Response:
+    """A pydantic body serialized by pydantic-core (faster than json.dumps of a dict)."""
+    return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+async def health(request: Request) -> Response:
+    """200 once the model is loaded and its engine runs, 503 before (or if loading failed)."""
+    status = server_state(request).status
+    return json_response(Health(status=status), 200 if status == "ok" else 503)
+
+
+async def list_models(request: Request) -> Response:
+    return json_response(server_state(request).service.models())
+
+
+async def get_model(request: Request) -> Response:
+    return json_response(server_state(request).service.model_card(request.path_params["model_id"]))
+
+
+async def completions(request: Request) -> Response:
+    return await _generate(request, OpenAIService.completion)
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _generate(request, OpenAIService.chat_completion)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_schema())
+
+
+async def _generate(request: Request, create: Callable[[OpenAIService, Any], Awaitable[Reply]]) -> Response:
+    state = server_state(request)
+    service = state.service
+    body = await read_json(request, state.settings.max_body_size)
+    reply = await _until_disconnect(request, create(service, body))
+    if isinstance(reply, BaseModel):
+        return json_response(reply)
+    return EventSourceResponse(reply)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body parsed as JSON: 413 past `limit` bytes, 400 when it is not JSON."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise _too_large(limit)
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise APIError(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _too_large(limit: int) -> APIError:
+    return PayloadTooLargeError(f"the request body is larger than {limit} bytes (MAX_BODY_SIZE)")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (that aborts its generation)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnected()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/ping", health, methods=["GET"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]

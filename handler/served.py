@@ -1,0 +1,41 @@
+"""What the HTTP layer needs of a loaded model, and how it loads one from the settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from backends.async_engine import AsyncEngine
+    from backends.base import ModelInfo
+    from handler.config import Settings
+
+
+class ServedModel(Protocol):
+    """A loaded model: its tokenizer, what it is, and the engine that runs it."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    def close(self) -> None: ...
+
+
+def load_served_model(settings: Settings) -> ServedModel:
+    """Load MODEL (or the default model) with the engine settings; blocking, run it off the event loop."""
+    from backends import load_model
+
+    model: ServedModel = load_model(
+        settings.model,
+        backend=settings.backend,
+        dtype=settings.dtype,
+        max_batch_size=settings.max_batch_size,
+        max_queued_requests=settings.max_queued_requests,
+        trust_remote_code=settings.trust_remote_code,
+        cache_dir=settings.ladle_cache,
+    )
+    return model

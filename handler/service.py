@@ -1,0 +1,171 @@
+"""The OpenAI API as plain async functions: a request dict in, a body or a stream of chunks out.
+
+Starlette routes call this; a serverless `handle(job)` can call it the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from handler.chat import ChatStream, chat_body
+from handler.completions import CompletionStream, completion_body
+from handler.errors import (
+    ENGINE_ERRORS,
+    APIError,
+    InternalError,
+    NotFoundError,
+    from_engine_error,
+    from_validation_error,
+)
+from handler.generation import Generation, Job, PromptState, collect
+from handler.prompts import Prompt, PromptBuilder
+from handler.protocol import ChatCompletionRequest, CompletionRequest, Limits, SamplingRequest
+from handler.replies import ErrorResponse, ModelCard, ModelList
+
+if TYPE_CHECKING:
+    from backends.params import SamplingParams
+    from handler.config import Settings
+    from handler.served import ServedModel
+
+log = logging.getLogger("ladle")
+
+RequestT = TypeVar("RequestT", bound=SamplingRequest)
+Reply = BaseModel | AsyncGenerator[BaseModel, None]
+# Enough to warn about every field real clients send, not enough for a hostile one to grow it.
+MAX_LOGGED_FIELDS = 256
+
+
+class OpenAIService:
+    """Validates requests, submits them to the engine and shapes what it returns."""
+
+    def __init__(self, model: ServedModel, settings: Settings) -> None:
+        self.model = model
+        self.name = settings.served_model_name or model.info.name
+        self.created = model.info.created or int(time.time())
+        self.limits = Limits(
+            max_tokens=settings.completion_max_tokens,
+            max_n=settings.completion_max_n,
+            max_logprobs=settings.completion_max_logprobs,
+        )
+        self.prompts = PromptBuilder(
+            model.tokenizer,
+            vocab_size=model.info.vocab_size,
+            max_prompt_tokens=settings.completion_max_prompt,
+            chat_template=PromptBuilder.read_template(settings.chat_template),
+        )
+        self.interval = settings.completion_max_interval / 1000.0
+        self._unknown_fields: set[str] = set()
+
+    def models(self) -> ModelList:
+        """GET /v1/models."""
+        return ModelList(data=[self._card()])
+
+    def model_card(self, model_id: str) -> ModelCard:
+        """GET /v1/models/{id}; an unknown id is a 404."""
+        if model_id != self.name:
+            raise NotFoundError(
+                f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+            )
+        return self._card()
+
+    def _card(self) -> ModelCard:
+        return ModelCard(id=self.name, created=self.created, owned_by="ladle")
+
+    async def completion(self, body: Any) -> Reply:
+        """POST /v1/completions: a Completion, or (stream) an async iterator of chunks."""
+        request = self._parse(CompletionRequest, body)
+        params = request.sampling_params(self.limits)
+        prompts = self.prompts.completion_prompts(request.prompt)
+        job = self._job("cmpl", request, prompts, params)
+        generation = self._submit(job)
+        if request.streaming:
+            return _guarded(CompletionStream(job).chunks(generation), generation)
+        return completion_body(job, await _collected(generation, len(prompts)))
+
+    async def chat_completion(self, body: Any) -> Reply:
+        """POST /v1/chat/completions: a ChatCompletion, or (stream) an async iterator of chunks."""
+        request = self._parse(ChatCompletionRequest, body)
+        params = request.sampling_params(self.limits)
+        prompt = self.prompts.chat_prompt(request.messages)
+        job = self._job("chatcmpl", request, [prompt], params)
+        generation = self._submit(job)
+        if request.streaming:
+            return _guarded(ChatStream(job).chunks(generation), generation)
+        return chat_body(job, await _collected(generation, 1))
+
+    def _parse(self, model: type[RequestT], body: Any) -> RequestT:
+        if not isinstance(body, dict):
+            raise APIError("the request body must be a JSON object")
+        try:
+            request = model.model_validate(body)
+        except ValidationError as exc:
+            raise from_validation_error(exc) from None
+        for name in request.model_extra or {}:
+            if name not in self._unknown_fields and len(self._unknown_fields) < MAX_LOGGED_FIELDS:
+                self._unknown_fields.add(name)
+                log.warning("ignoring unknown request field %r (logged once)", name[:64])
+        return request
+
+    def _job(self, kind: str, request: SamplingRequest, prompts: list[Prompt], params: SamplingParams) -> Job:
+        return Job(
+            id=f"{kind}-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=request.model or self.name,
+            prompts=prompts,
+            params=params,
+            include_usage=request.include_usage,
+            interval=self.interval,
+        )
+
+    def _submit(self, job: Job) -> Generation:
+        try:
+            job.params.validate(vocab_size=self.model.info.vocab_size)
+            return Generation.submit(self.model.engine, job.prompts, self._params_for(job), job.id)
+        except ENGINE_ERRORS as exc:
+            raise from_engine_error(exc) from None
+
+    def _params_for(self, job: Job) -> Callable[[Prompt], SamplingParams]:
+        params = job.params
+        context = self.model.info.context_length
+
+        def params_for(prompt: Prompt) -> SamplingParams:
+            if params.max_tokens is not None:
+                return params
+            room = context - len(prompt.token_ids)
+            # max_tokens null: up to the context, within the server's limit (no room: the engine says so).
+            max_tokens = min(room, self.limits.max_tokens) if room > 0 else None
+            return dataclasses.replace(params, max_tokens=max_tokens)
+
+        return params_for
+
+
+async def _collected(generation: Generation, num_prompts: int) -> list[PromptState]:
+    try:
+        return await collect(generation, num_prompts)
+    except ENGINE_ERRORS as exc:
+        raise from_engine_error(exc) from None
+
+
+async def _guarded(
+    chunks: AsyncGenerator[BaseModel, None], generation: Generation
+) -> AsyncGenerator[BaseModel, None]:
+    """Chunks, ending in one error event if generation fails midway; closing it aborts the generation."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except ENGINE_ERRORS as exc:
+        error = from_engine_error(exc)
+        yield ErrorResponse.model_validate(error.body())
+    except Exception:
+        log.exception("a stream failed")
+        yield ErrorResponse.model_validate(InternalError("internal server error").body())
+    finally:
+        generation.abort()
+        await chunks.aclose()

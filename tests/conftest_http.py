@@ -1,0 +1,96 @@
+"""A real uvicorn server on 127.0.0.1 in a background thread, for the HTTP tests."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import uvicorn
+
+from handler.app import create_app
+from handler.config import Settings
+from handler.state import ServerState
+from tests.fake_engine import fake_loader
+
+API_KEY_HEADER = "Authorization"
+
+
+class LiveServer:
+    """uvicorn serving an app on a socket bound to a free port of 127.0.0.1."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def state(self) -> ServerState:
+        state: ServerState = self.app.state.ladle
+        return state
+
+    @property
+    def model(self) -> Any:
+        return self.state.model
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout, "the server did not start")
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
+        def healthy() -> bool:
+            return httpx.get(self.url + "/health", timeout=5).status_code == 200
+
+        wait_until(healthy, timeout, "the server did not become healthy")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.socket.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds (a bound, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def live_server(
+    settings: Settings | None = None, loader: Any = None, healthy: bool = True
+) -> Iterator[LiveServer]:
+    """Start a server (a fake model unless `loader` says otherwise); stop it on exit."""
+    app = create_app(settings or Settings(), loader=loader or fake_loader())
+    server = LiveServer(app)
+    server.start()
+    try:
+        if healthy:
+            server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+def sse_events(raw: str) -> list[str]:
+    """The data fields of a server-sent event stream; every event must be `data: ...` and a blank line."""
+    assert raw.endswith("\n\n"), raw[-50:]
+    events = raw[:-2].split("\n\n")
+    for event in events:
+        assert event.startswith("data: ") and "\n" not in event, event
+    return [event[len("data: ") :] for event in events]
