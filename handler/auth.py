@@ -10,7 +10,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from handler.errors import AuthenticationError
 
-OPEN_PATHS = frozenset({"/health", "/ping"})
+OPEN_PATHS = frozenset({"/health", "/ping", "/"})
+# The playground's page and assets: static files, and the page asks for the key itself.
+OPEN_PREFIXES = ("/playground/",)
 
 
 class APIKeyMiddleware:
@@ -21,7 +23,7 @@ class APIKeyMiddleware:
         self.api_key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(Headers(scope=scope)):
+        if scope["type"] != "http" or _is_open(scope["path"]) or self._authorized(Headers(scope=scope)):
             await self.app(scope, receive, send)
             return
         error = AuthenticationError(
@@ -36,3 +38,7 @@ class APIKeyMiddleware:
         # Header values arrive decoded as latin-1; encoding back gives the bytes the client sent.
         sent = token.strip().encode("latin-1", errors="replace")
         return hmac.compare_digest(sent, self.api_key) and scheme.lower() == "bearer"
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)

@@ -29,6 +29,8 @@ const PRESETS = {
   creative: { temperature: "1", top_p: "0.95", top_k: "0", presence_penalty: "0.5", frequency_penalty: "0.3" },
 };
 
+const MODES = ["chat", "completion"];
+
 const $ = (id) => document.getElementById(id);
 const ui = {
   body: document.body,
@@ -74,6 +76,7 @@ function loadSettings() {
   } catch {
     // Storage may be disabled or hold something else; the defaults do.
   }
+  if (!MODES.includes(state.settings.mode)) state.settings.mode = DEFAULTS.mode;
   try {
     ui.apiKey.value = sessionStorage.getItem(KEY_STORE_KEY) || "";
   } catch {
@@ -261,6 +264,9 @@ function showKeyField(message) {
 // ---------------------------------------------------------------------------------------------
 // Answers: one view per generation, with its text, token spans and live statistics.
 
+// The tokens behind each token span, for its tooltip.
+const spanTokens = new WeakMap();
+
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -319,8 +325,8 @@ class Answer {
   addSpan(shown) {
     const span = element("span", "tok", shown);
     const chosen = this.pending[this.pending.length - 1];
-    span.dataset.token = JSON.stringify(this.pending);
-    span.style.setProperty("--p", Math.exp(chosen.logprob).toFixed(3));
+    spanTokens.set(span, this.pending);
+    span.style.setProperty("--p", Math.exp(chosen.logprob ?? 0).toFixed(3));
     span.tabIndex = this.content.querySelector(".tok") ? -1 : 0;
     this.pending = [];
     this.content.append(span);
@@ -442,10 +448,13 @@ function stopGeneration() {
 }
 
 function setBusy(busy) {
+  // The Stop button disappears when done: keep keyboard focus from falling to the page.
+  const stranded = !busy && document.activeElement === ui.stop;
   ui.send.disabled = busy;
   ui.stop.hidden = !busy;
   ui.clear.disabled = busy;
   ui.body.classList.toggle("busy", busy);
+  if (stranded) ui.input.focus();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,13 +480,14 @@ async function sendChat(text) {
   if (state.settings.logprobs) Object.assign(body, { logprobs: true, top_logprobs: topLogprobs() });
 
   const ok = await generate("/v1/chat/completions", body, answer, chatChoice);
-  if (ok) {
+  if (ok && answer.text) {
     state.history.push({ role: "assistant", content: answer.text });
   } else {
-    // Give the failed message back, so fixing a parameter and resending is one keystroke.
+    // Leave no unanswered turn in the history; give a failed message back, so fixing a
+    // parameter and resending is one keystroke.
     state.history.pop();
     user.classList.add("unsent");
-    if (!ui.input.value) ui.input.value = text;
+    if (!ok && !ui.input.value) setInput(text);
   }
 }
 
@@ -495,7 +505,7 @@ async function sendCompletion(prompt) {
   const more = element("button", "ghost small", "Continue from here");
   more.type = "button";
   more.addEventListener("click", () => {
-    ui.input.value = prompt + answer.text;
+    setInput(prompt + answer.text);
     ui.input.focus();
   });
   card.append(more);
@@ -509,7 +519,7 @@ function submit() {
     return;
   }
   if (mode() === "chat") {
-    ui.input.value = "";
+    setInput("");
     sendChat(text);
   } else {
     sendCompletion(text);
@@ -527,9 +537,16 @@ function setMode(next) {
   state.views[mode()] = [...ui.transcript.childNodes];
   state.settings.mode = next;
   saveSettings();
-  ui.input.value = state.drafts[next];
   ui.transcript.replaceChildren(...state.views[next]);
   renderMode();
+  setInput(state.drafts[next]);
+}
+
+// The box grows with its text, up to the limit in the style sheet.
+function setInput(text) {
+  if (text !== undefined) ui.input.value = text;
+  ui.input.style.height = "auto";
+  ui.input.style.height = `${ui.input.scrollHeight + 2}px`;
 }
 
 function renderMode() {
@@ -569,27 +586,34 @@ function announce(message) {
 // ---------------------------------------------------------------------------------------------
 // Token tooltips: hover or focus a token to see its logprob and the top alternatives.
 
-function visible(token) {
+// Whitespace made visible; a token that is part of a character shows as its bytes.
+function visible({ token, bytes }) {
+  if (token.includes("\uFFFD") && bytes && bytes.length) {
+    return bytes.map((b) => `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`).join("");
+  }
   return token.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
 }
 
-function percent(logprob) {
+function logprobText(logprob, digits) {
+  if (typeof logprob !== "number" || Number.isNaN(logprob)) return "n/a";
   const p = Math.exp(logprob) * 100;
-  return p >= 10 ? `${p.toFixed(0)}%` : p >= 0.1 ? `${p.toFixed(1)}%` : `${p.toExponential(0)}%`;
+  const shown = p >= 10 ? p.toFixed(0) : p >= 0.1 ? p.toFixed(1) : p.toExponential(0);
+  return `${logprob.toFixed(digits)} · ${shown}%`;
 }
 
 function showTip(span) {
-  const pieces = JSON.parse(span.dataset.token);
+  const pieces = spanTokens.get(span) || [];
   ui.tip.replaceChildren();
   for (const piece of pieces) {
     const head = element("p", "tip-head");
-    head.append(element("code", null, visible(piece.token)), ` logprob ${piece.logprob.toFixed(3)} · ${percent(piece.logprob)}`);
+    head.append(element("code", null, visible(piece)), ` logprob ${logprobText(piece.logprob, 3)}`);
     const list = element("ol", "tip-alts");
     for (const alt of piece.top) {
-      const row = element("li", alt.token === piece.token ? "chosen" : "");
+      const chosen = alt.token === piece.token && String(alt.bytes) === String(piece.bytes);
+      const row = element("li", chosen ? "chosen" : "");
       const bar = element("span", "bar");
       bar.style.setProperty("--p", Math.exp(alt.logprob).toFixed(3));
-      row.append(element("code", null, visible(alt.token)), bar, element("span", "num", `${alt.logprob.toFixed(2)} · ${percent(alt.logprob)}`));
+      row.append(element("code", null, visible(alt)), bar, element("span", "num", logprobText(alt.logprob, 2)));
       list.append(row);
     }
     ui.tip.append(head);
@@ -658,12 +682,14 @@ function init() {
   loadSettings();
   writeForm();
   renderMode();
+  setInput();
 
   ui.composer.addEventListener("submit", (event) => {
     event.preventDefault();
     submit();
   });
   ui.input.addEventListener("keydown", onInputKey);
+  ui.input.addEventListener("input", () => setInput());
   ui.stop.addEventListener("click", stopGeneration);
   ui.clear.addEventListener("click", () => {
     clearTranscript();
@@ -675,6 +701,7 @@ function init() {
   ui.paramsForm.addEventListener("input", (event) => {
     if (event.target !== ui.apiKey && event.target !== ui.preset) readForm();
   });
+  ui.paramsForm.addEventListener("submit", (event) => event.preventDefault());
   ui.preset.addEventListener("change", () => applyPreset(ui.preset.value));
   ui.reset.addEventListener("click", () => {
     Object.assign(state.settings, DEFAULTS, { mode: mode(), system: state.settings.system });
