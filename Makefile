@@ -32,8 +32,8 @@ serve: $(STAMP)
 	$(BIN)/ladle --port $${PORT:-8000}
 
 lint: $(STAMP)
-	$(BIN)/ruff check backends handler tests bench loadtest
-	$(BIN)/ruff format --check backends handler tests bench loadtest
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

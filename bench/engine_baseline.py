@@ -84,7 +84,7 @@ def main() -> None:
     long_prompts = [[(i * 7 + j) % 1000 + 100 for j in range(half)] for i in range(16)]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     engine_tokens_per_s(model, long_prompts, args.rss_length - half)
-    results["peak_rss_mib_16x%d" % args.rss_length] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results[f"peak_rss_mib_16x{args.rss_length}"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["rss_mib_before_long_run"] = rss_before
     results["engine_b1_over_generate_b1"] = results["engine_b1"] / results["generate_b1"]
     results["engine_b16_over_engine_b1"] = results["engine_b16"] / results["engine_b1"]
