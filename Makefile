@@ -34,6 +34,7 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile.gpu deployments/bundle/Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -48,3 +49,13 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: image cold-start
+IMAGE ?= ladle:gpu
+# The GPU image; Dockerfile.gpu installs with `make install`, the commands CI runs. Needs Docker.
+image:
+	docker build -f Dockerfile.gpu -t $(IMAGE) .
+
+# Seconds from process start to the first token of the default model, cold and warm LADLE_CACHE.
+cold-start: $(STAMP)
+	$(BIN)/python deployments/cold_start.py

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -13,11 +13,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
 from handler import playground
 from handler.auth import APIKeyMiddleware
 from handler.config import Settings, settings_from_env
 from handler.errors import APIError, InternalError, error_body
+from handler.metrics import Metrics, MetricsMiddleware
 from handler.routes import ROUTES, ClientDisconnected
 from handler.served import load_served_model
 from handler.state import Loader, ServerState
@@ -55,7 +57,7 @@ def create_app(
     routes = [*ROUTES, *playground.routes()] if playground.enabled() else ROUTES
     app = Starlette(
         routes=routes,
-        middleware=_middleware(settings),
+        middleware=_middleware(settings, state.metrics, routes),
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,
@@ -68,8 +70,9 @@ def create_app(
     return app
 
 
-def _middleware(settings: Settings) -> list[Middleware]:
-    middleware = []
+def _middleware(settings: Settings, metrics: Metrics, routes: Sequence[BaseRoute]) -> list[Middleware]:
+    # Outermost, so that refusals by CORS or the API key are counted too.
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics, routes=routes)]
     if settings.cors_origins:
         middleware.append(
             Middleware(

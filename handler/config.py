@@ -37,6 +37,8 @@ class Settings:
     ladle_cache: str | None = None
     trust_remote_code: bool = False
     log_level: str = "info"
+    drain_timeout: int = 25
+    health_loading_status: int = 503
 
     def __repr__(self) -> str:
         # The API key must never reach a log line.
@@ -108,6 +110,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("ladle_cache", "LADLE_CACHE", "folder for converted models; unset uses the user cache"),
     Option("trust_remote_code", "TRUST_REMOTE_CODE", "allow model code from the model's repository"),
     Option("log_level", "LOG_LEVEL", "how much to log", choices=("debug", "info", "warning", "error")),
+    Option(
+        "drain_timeout",
+        "DRAIN_TIMEOUT",
+        "seconds that requests in flight may take to finish after SIGTERM before the server exits",
+        0,
+    ),
+    Option(
+        "health_loading_status",
+        "HEALTH_LOADING_STATUS",
+        "status of /health and /ping while the model loads: 503, or 204 for RunPod's load balancer",
+        200,
+    ),
 )
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -74,8 +74,19 @@ class ServiceUnavailableError(APIError):
 def error_body(
     message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    """OpenAI's error object."""
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    """OpenAI's error object; lone surrogates copied from a request are escaped so it always encodes."""
+    return {
+        "error": {
+            "message": _encodable(message),
+            "type": error_type,
+            "param": None if param is None else _encodable(param),
+            "code": code,
+        }
+    }
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # Pydantic puts the member type of a union into an error's location; a parameter path has none of them.

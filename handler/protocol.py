@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backends.params import SamplingParams
 from handler.errors import APIError
@@ -13,6 +14,17 @@ from handler.errors import APIError
 StopString = Annotated[str, Field(min_length=1)]
 TokenId = Annotated[int, Field(ge=0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+# Past any vocabulary, and within the int64 the sampler puts it in (a larger one failed the batch).
+MAX_TOP_K = 2**31 - 1
+# Deeper than any real tool call; the chat template recurses into them.
+MAX_JSON_DEPTH = 32
+# A repetition_penalty near 0 (or huge) scales logits to inf and the logprobs turn NaN (found by
+# fuzzing); [1/100, 100] holds every useful value. A temperature that small would do the same to
+# sampling: below MIN_TEMPERATURE it samples greedily, as vLLM does.
+MIN_DIVISOR = 1e-2
+MIN_TEMPERATURE = 1e-5
+# Tokens one request may generate over all its prompts and choices: n x max_tokens at their defaults.
+DEFAULT_MAX_TOTAL_TOKENS = 4096 * 5
 
 
 class _Strict(BaseModel):
@@ -33,6 +45,25 @@ class Limits:
     max_n: int = 5
     max_logprobs: int = 5
     max_top_logprobs: int = 20
+    max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
+
+    def tokens_per_sequence(self, num_prompts: int, params: SamplingParams) -> int:
+        """The most tokens each sequence may generate so the request stays within max_total_tokens."""
+        sequences = num_prompts * params.num_sequences
+        share = self.max_total_tokens // sequences
+        if share < 1:
+            raise APIError(
+                f"this request asks for {sequences} sequences; one request may generate at most "
+                f"{self.max_total_tokens} tokens (COMPLETION_MAX_TOTAL_TOKENS)",
+                param="n",
+            )
+        if params.max_tokens is not None and params.max_tokens > share:
+            raise APIError(
+                f"{sequences} sequence(s) of max_tokens={params.max_tokens} exceed the "
+                f"{self.max_total_tokens} tokens one request may generate (COMPLETION_MAX_TOTAL_TOKENS)",
+                param="max_tokens",
+            )
+        return share
 
 
 class SamplingRequest(_Strict):
@@ -46,14 +77,14 @@ class SamplingRequest(_Strict):
     min_tokens: Annotated[int, Field(ge=0)] | None = 0
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = 1.0
-    top_k: Annotated[int, Field(ge=-1)] | None = 0
+    top_k: Annotated[int, Field(ge=-1, le=MAX_TOP_K)] | None = 0
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.0
     stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = 0.0
     frequency_penalty: Penalty | None = 0.0
-    repetition_penalty: Annotated[float, Field(gt=0.0)] | None = 1.0
+    repetition_penalty: Annotated[float, Field(ge=MIN_DIVISOR, le=1 / MIN_DIVISOR)] | None = 1.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     user: str | None = None
@@ -83,7 +114,7 @@ class SamplingRequest(_Strict):
             n=n,
             max_tokens=max_tokens,
             min_tokens=_or(self.min_tokens, 0),
-            temperature=_or(self.temperature, 1.0),
+            temperature=_temperature(_or(self.temperature, 1.0)),
             top_p=_or(self.top_p, 1.0),
             top_k=_or(self.top_k, 0),
             min_p=_or(self.min_p, 0.0),
@@ -147,6 +178,14 @@ class ChatMessage(_Strict):
     tool_call_id: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
+    @field_validator("tool_calls")
+    @classmethod
+    def _shallow(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        # The chat template walks tool_calls recursively: a deep one was a RecursionError (500).
+        if value is not None and _depth(value) > MAX_JSON_DEPTH:
+            raise ValueError(f"tool_calls are nested deeper than {MAX_JSON_DEPTH} levels")
+        return value
+
     @model_validator(mode="after")
     def _needs_content(self) -> ChatMessage:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
@@ -203,6 +242,48 @@ class ChatCompletionRequest(SamplingRequest):
             raise APIError("tool calling is not supported yet", param=param)
         if self.function_call is not None or self.tool_choice not in (None, "none", "auto"):
             raise APIError("tool calling is not supported yet", param="tool_choice")
+
+
+def check_json_values(body: dict[str, Any]) -> None:
+    """Refuse strings holding lone surrogates ("\\ud800"): pydantic takes them, but the tokenizer
+    and the JSON encoder raise on them. One encode of the whole body, in C, finds them."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(
+            "the request holds a lone UTF-16 surrogate, which is not valid Unicode",
+            param=_field_with_surrogate(body),
+            code="invalid_unicode",
+        ) from None
+    except RecursionError:
+        raise APIError(f"the request is nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
+def _field_with_surrogate(body: dict[str, Any]) -> str | None:
+    for key, value in body.items():
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return key
+    return None
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and dicts nest in `value`, counted up to MAX_JSON_DEPTH + 1."""
+    level, depth = [value], 0
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        inner: list[Any] = []
+        for item in level:
+            inner.extend(
+                v for v in (item.values() if isinstance(item, dict) else item) if isinstance(v, (dict, list))
+            )
+        level = inner
+    return depth
+
+
+def _temperature(value: float) -> float:
+    return 0.0 if value < MIN_TEMPERATURE else value
 
 
 def _or(value: Any, default: Any) -> Any:

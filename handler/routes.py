@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,7 +16,6 @@ from starlette.routing import Route
 
 from handler.errors import APIError, PayloadTooLargeError
 from handler.openapi import openapi_schema
-from handler.replies import Health
 from handler.service import OpenAIService, Reply
 from handler.sse import EventSourceResponse
 from handler.state import ServerState
@@ -37,10 +37,37 @@ def json_response(body: BaseModel, status_code: int = 200) -> Response:
     return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
+def _health_status(state: ServerState) -> int:
+    """200 when ready; while loading HEALTH_LOADING_STATUS (503, or RunPod's 204); else 503."""
+    if state.status == "ok":
+        return 200
+    return state.settings.health_loading_status if state.status == "loading" else 503
+
+
 async def health(request: Request) -> Response:
-    """200 once the model is loaded and its engine runs, 503 before (or if loading failed)."""
-    status = server_state(request).status
-    return json_response(Health(status=status), 200 if status == "ok" else 503)
+    """Readiness: what is served, by which backend, on which devices; 200 only when ready."""
+    state = server_state(request)
+    code = _health_status(state)
+    if code == 204:
+        return Response(status_code=204)
+    return Response(
+        state.health().model_dump_json(exclude_none=True), status_code=code, media_type="application/json"
+    )
+
+
+async def ping(request: Request) -> Response:
+    """The same readiness as /health, with just the status (the probe alias SageMaker and RunPod call)."""
+    state = server_state(request)
+    code = _health_status(state)
+    if code == 204:
+        return Response(status_code=204)
+    return JSONResponse({"status": state.status}, status_code=code)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    registry = server_state(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def list_models(request: Request) -> Response:
@@ -123,7 +150,8 @@ async def _disconnected(request: Request) -> None:
 
 ROUTES = [
     Route("/health", health, methods=["GET"]),
-    Route("/ping", health, methods=["GET"]),
+    Route("/ping", ping, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
     Route("/v1/completions", completions, methods=["POST"]),

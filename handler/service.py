@@ -26,7 +26,14 @@ from handler.errors import (
 )
 from handler.generation import Generation, Job, PromptState, collect
 from handler.prompts import Prompt, PromptBuilder
-from handler.protocol import ChatCompletionRequest, CompletionRequest, Limits, SamplingRequest
+from handler.protocol import (
+    DEFAULT_MAX_TOTAL_TOKENS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Limits,
+    SamplingRequest,
+    check_json_values,
+)
 from handler.replies import ErrorResponse, ModelCard, ModelList
 
 if TYPE_CHECKING:
@@ -35,6 +42,8 @@ if TYPE_CHECKING:
     from handler.served import ServedModel
 
 log = logging.getLogger("ladle")
+# Prompts and outputs go here, and only with LOG_PROMPTS=1: they are the users' data.
+prompt_log = logging.getLogger("ladle.prompts")
 
 RequestT = TypeVar("RequestT", bound=SamplingRequest)
 Reply = BaseModel | AsyncGenerator[BaseModel, None]
@@ -49,11 +58,14 @@ class OpenAIService:
         self.model = model
         self.name = settings.served_model_name or model.info.name
         self.created = model.info.created or int(time.time())
+        # getattr: these two settings arrive with the config change that adds them.
         self.limits = Limits(
             max_tokens=settings.completion_max_tokens,
             max_n=settings.completion_max_n,
             max_logprobs=settings.completion_max_logprobs,
+            max_total_tokens=getattr(settings, "completion_max_total_tokens", DEFAULT_MAX_TOTAL_TOKENS),
         )
+        self.log_prompts = bool(getattr(settings, "log_prompts", False))
         self.prompts = PromptBuilder(
             model.tokenizer,
             vocab_size=model.info.vocab_size,
@@ -86,8 +98,8 @@ class OpenAIService:
         job = self._job("cmpl", request, prompts, params)
         generation = self._submit(job)
         if request.streaming:
-            return _guarded(CompletionStream(job).chunks(generation), generation)
-        return completion_body(job, await _collected(generation, len(prompts)))
+            return _guarded(CompletionStream(job).chunks(generation), generation, self._logged(job))
+        return self._log_reply(job, completion_body(job, await _collected(generation, len(prompts))))
 
     async def chat_completion(self, body: Any) -> Reply:
         """POST /v1/chat/completions: a ChatCompletion, or (stream) an async iterator of chunks."""
@@ -97,12 +109,13 @@ class OpenAIService:
         job = self._job("chatcmpl", request, [prompt], params)
         generation = self._submit(job)
         if request.streaming:
-            return _guarded(ChatStream(job).chunks(generation), generation)
-        return chat_body(job, await _collected(generation, 1))
+            return _guarded(ChatStream(job).chunks(generation), generation, self._logged(job))
+        return self._log_reply(job, chat_body(job, await _collected(generation, 1)))
 
     def _parse(self, model: type[RequestT], body: Any) -> RequestT:
         if not isinstance(body, dict):
             raise APIError("the request body must be a JSON object")
+        check_json_values(body)
         try:
             request = model.model_validate(body)
         except ValidationError as exc:
@@ -127,11 +140,15 @@ class OpenAIService:
     def _submit(self, job: Job) -> Generation:
         try:
             job.params.validate(vocab_size=self.model.info.vocab_size)
-            return Generation.submit(self.model.engine, job.prompts, self._params_for(job), job.id)
+            share = self.limits.tokens_per_sequence(len(job.prompts), job.params)
+            if self.log_prompts:
+                for index, prompt in enumerate(job.prompts):
+                    prompt_log.info("%s prompt %d: %r", job.id, index, prompt.text)
+            return Generation.submit(self.model.engine, job.prompts, self._params_for(job, share), job.id)
         except ENGINE_ERRORS as exc:
             raise from_engine_error(exc) from None
 
-    def _params_for(self, job: Job) -> Callable[[Prompt], SamplingParams]:
+    def _params_for(self, job: Job, share: int) -> Callable[[Prompt], SamplingParams]:
         params = job.params
         context = self.model.info.context_length
 
@@ -139,11 +156,39 @@ class OpenAIService:
             if params.max_tokens is not None:
                 return params
             room = context - len(prompt.token_ids)
-            # max_tokens null: up to the context, within the server's limit (no room: the engine says so).
-            max_tokens = min(room, self.limits.max_tokens) if room > 0 else None
+            # max_tokens null: up to the context, within the server's limits (no room: the engine says so).
+            max_tokens = min(room, self.limits.max_tokens, share) if room > 0 else None
             return dataclasses.replace(params, max_tokens=max_tokens)
 
         return params_for
+
+    def _log_reply(self, job: Job, reply: BaseModel) -> BaseModel:
+        if self.log_prompts:
+            prompt_log.info("%s output: %r", job.id, choice_texts([reply]))
+        return reply
+
+    def _logged(self, job: Job) -> Callable[[list[BaseModel]], None] | None:
+        """What a stream calls with all its chunks at its end, when prompts are logged."""
+        if not self.log_prompts:
+            return None
+
+        def log_output(chunks: list[BaseModel]) -> None:
+            prompt_log.info("%s output: %r", job.id, choice_texts(chunks))
+
+        return log_output
+
+
+def choice_texts(bodies: list[BaseModel]) -> dict[int, str]:
+    """The text of each choice, joined over the chunks of a stream (or from one whole body)."""
+    texts: dict[int, str] = {}
+    for body in bodies:
+        for choice in getattr(body, "choices", None) or []:
+            text = getattr(choice, "text", None)
+            if text is None:
+                message = getattr(choice, "message", None) or getattr(choice, "delta", None)
+                text = getattr(message, "content", None)
+            texts[choice.index] = texts.get(choice.index, "") + (text or "")
+    return texts
 
 
 async def _collected(generation: Generation, num_prompts: int) -> list[PromptState]:
@@ -154,11 +199,16 @@ async def _collected(generation: Generation, num_prompts: int) -> list[PromptSta
 
 
 async def _guarded(
-    chunks: AsyncGenerator[BaseModel, None], generation: Generation
+    chunks: AsyncGenerator[BaseModel, None],
+    generation: Generation,
+    log_output: Callable[[list[BaseModel]], None] | None = None,
 ) -> AsyncGenerator[BaseModel, None]:
     """Chunks, ending in one error event if generation fails midway; closing it aborts the generation."""
+    sent: list[BaseModel] = []
     try:
         async for chunk in chunks:
+            if log_output is not None:
+                sent.append(chunk)
             yield chunk
     except ENGINE_ERRORS as exc:
         error = from_engine_error(exc)
@@ -169,3 +219,5 @@ async def _guarded(
     finally:
         generation.abort()
         await chunks.aclose()
+        if log_output is not None:
+            log_output(sent)

@@ -229,7 +229,7 @@ def test_page_loads_clean_at_desktop_and_phone_width(browser: Any, server: LiveS
     for name, viewport in (("desktop", (1280, 800)), ("phone", (375, 740))):
         tab = Page(browser, server.url, viewport={"width": viewport[0], "height": viewport[1]})
         page = tab.open()
-        expect(page.locator("#server-text")).to_have_text("tiny")
+        expect(page.locator("#server-text")).to_have_text("tiny · hf_eager")
         expect(page.get_by_label("Message", exact=True)).to_be_focused()
         # Every control has an accessible name.
         unnamed = page.evaluate(
@@ -459,7 +459,7 @@ def test_api_key_field_when_the_server_requires_one(browser: Any) -> None:
         expect(page.get_by_role("alert")).to_contain_text("401: missing or incorrect API key")
         key.fill(API_KEY)
         key.press("Tab")
-        expect(page.locator("#server-text")).to_have_text("locked")
+        expect(page.locator("#server-text")).to_have_text("locked · hf_eager")
         set_params(page, max_tokens="3")
         box.fill("Hi")
         box.press("Enter")

@@ -1,0 +1,236 @@
+"""Prometheus metrics: requests by route and status, token latencies and counts, and the engine's load."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from backends.async_engine import AsyncEngine, RequestStream
+    from backends.base import ModelInfo
+    from backends.outputs import RequestOutput
+    from backends.params import SamplingParams
+    from handler.served import ServedModel
+
+# Probes and scrapes are not work: they never hold a drain open and never count as in flight.
+UNTRACKED_PATHS = frozenset({"/health", "/ping", "/metrics"})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Every metric of one server, in a registry of its own (several apps may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "ladle_requests", "HTTP requests by route and status", ("route", "status"), registry=r
+        )
+        self.in_flight = Gauge("ladle_requests_in_flight", "HTTP requests being answered", registry=r)
+        self.ttft = Histogram(
+            "ladle_time_to_first_token_seconds",
+            "Time from admission to a request's first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "ladle_inter_token_latency_seconds",
+            "Time between two outputs of one request (a token per choice)",
+            buckets=TOKEN_GAP_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("ladle_prompt_tokens", "Prompt tokens prefilled", registry=r)
+        self.generation_tokens = Counter("ladle_generation_tokens", "Tokens generated", registry=r)
+        self.batch_size = Histogram(
+            "ladle_batch_size",
+            "Sequences that gained a token in one engine step",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("ladle_queue_depth", "Requests waiting for room in the batch", registry=r)
+        self.running = Gauge("ladle_running_sequences", "Sequences in the running batch", registry=r)
+        self.kv_cache_tokens = Gauge("ladle_kv_cache_tokens", "KV cache tokens held (estimated)", registry=r)
+        self.kv_cache_usage = Gauge(
+            "ladle_kv_cache_usage_ratio",
+            "KV cache tokens over MAX_BATCH_SIZE x context (estimated)",
+            registry=r,
+        )
+        self.model = Info("ladle_model", "The model served, its backend and devices", registry=r)
+        self.active = 0  # what in_flight shows, as a number the drain can read
+        self.kv_tokens = 0
+        self.kv_cache_tokens.set_function(lambda: self.kv_tokens)
+
+    def watch(self, model: ServedModel, max_batch_size: int) -> ServedModel:
+        """Read the engine's load at scrape time; returns the model as the service should see it."""
+        engine, info = model.engine, model.info
+        self.queue_depth.set_function(lambda: engine.num_queued)
+        self.running.set_function(lambda: engine.num_running)
+        capacity = max(1, max_batch_size * info.context_length)
+        self.kv_cache_usage.set_function(lambda: self.kv_tokens / capacity)
+        self.model.info(_model_labels(info))
+        observe_steps(engine, self.batch_size.observe)
+        return MeteredModel(model, self)
+
+    def begin(self) -> None:
+        self.active += 1
+        self.in_flight.inc()
+
+    def end(self) -> None:
+        self.active -= 1
+        self.in_flight.dec()
+
+
+def _model_labels(info: ModelInfo) -> dict[str, str]:
+    devices = ",".join(info.devices) or info.device
+    return {"name": info.name, "backend": info.backend, "devices": devices, "dtype": info.dtype}
+
+
+def observe_steps(engine: Any, observe: Callable[[float], None]) -> None:
+    """Report the batch size of every engine step.
+
+    The engine has no step hook yet, so this wraps its core's public step() in place; engines
+    without a core (the tests' fake) simply report no batch sizes.
+    """
+    core = getattr(engine, "core", None)
+    step = getattr(core, "step", None)
+    if step is None or getattr(step, "metered", False):
+        return
+
+    def metered_step() -> Any:
+        result = step()
+        size = sum(len(output.choices) for output in result.outputs)
+        if size:
+            observe(size)
+        return result
+
+    metered_step.metered = True  # type: ignore[attr-defined]
+    setattr(core, "step", metered_step)  # noqa: B010  (mypy refuses assigning to a method)
+
+
+class MeteredModel:
+    """A served model whose engine reports what each request's stream produces."""
+
+    def __init__(self, model: ServedModel, metrics: Metrics) -> None:
+        self.wrapped = model
+        # The service only calls submit(); everything else is read from the real engine.
+        self._engine = cast("AsyncEngine", MeteredEngine(model.engine, metrics))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.wrapped.tokenizer
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.wrapped.info
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    def close(self) -> None:
+        self.wrapped.close()
+
+
+class MeteredEngine:
+    """submit() of the real engine, returning streams that time their outputs."""
+
+    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    def submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None = None
+    ) -> MeteredStream:
+        stream = self.engine.submit(prompt_ids, params, request_id)
+        return MeteredStream(stream, self.metrics)
+
+
+class MeteredStream:
+    """One request's outputs: time to first token, gaps between outputs, tokens, KV cache held."""
+
+    def __init__(self, stream: RequestStream, metrics: Metrics) -> None:
+        self.request_id = stream.request_id
+        self.stream = stream
+        self.metrics = metrics
+        self.submitted = time.perf_counter()
+        self.last_output: float | None = None
+        self.held: dict[int, int] = {}  # choice index -> its tokens in the KV cache
+
+    async def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        try:
+            async for output in self.stream:
+                self._observe(output)
+                yield output
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        self._release()
+        self.stream.abort()
+
+    def _observe(self, output: RequestOutput) -> None:
+        now = time.perf_counter()
+        tokens = sum(len(choice.token_ids) for choice in output.choices)
+        if tokens:
+            if self.last_output is None:
+                self.metrics.ttft.observe(now - self.submitted)
+                self.metrics.prompt_tokens.inc(output.prompt_tokens)
+            else:
+                self.metrics.itl.observe(now - self.last_output)
+            self.last_output = now
+            self.metrics.generation_tokens.inc(tokens)
+        for choice in output.choices:
+            # A finished choice has left the batch and freed its cache rows.
+            held = 0 if choice.finish_reason else output.prompt_tokens + choice.completion_tokens
+            self.metrics.kv_tokens += held - self.held.get(choice.index, 0)
+            self.held[choice.index] = held
+
+    def _release(self) -> None:
+        self.metrics.kv_tokens -= sum(self.held.values())
+        self.held.clear()
+
+
+class MetricsMiddleware:
+    """Counts every request by route template and status, and tracks those in flight for the drain."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # unless a response starts: an exception escaped the app
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        route = self._route(scope)
+        tracked = scope["path"] not in UNTRACKED_PATHS
+        if tracked:
+            self.metrics.begin()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if tracked:
+                self.metrics.end()
+            self.metrics.requests.labels(route, str(status)).inc()
+
+    def _route(self, scope: Scope) -> str:
+        """The matching route's template, so ids in paths never become label values."""
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(route, "path", "other"))
+        return "other"
