@@ -30,8 +30,10 @@ def cross_layers(cache: Any) -> list[Any]:
 def _select(layers: list[Any], index: torch.Tensor) -> None:
     for layer in layers:
         if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys.index_select(0, index)
-            layer.values = layer.values.index_select(0, index)
+            # Layers of a model split over several GPUs live on different devices.
+            at = index.to(layer.keys.device)
+            layer.keys = layer.keys.index_select(0, at)
+            layer.values = layer.values.index_select(0, at)
 
 
 def _left_pad(layers: list[Any], columns: int) -> None:
@@ -144,8 +146,8 @@ class BatchCache:
         row_of = {sid: i for i, sid in enumerate(self.seq_ids)}
         index = torch.tensor([row_of[sid] for sid in seq_ids], dtype=torch.long)
         if list(seq_ids) != self.seq_ids:
-            _select(cache_layers(self.cache), index.to(self._device()))
-            _select(cross_layers(self.cache), index.to(self._device()))
+            _select(cache_layers(self.cache), index)
+            _select(cross_layers(self.cache), index)
             self.pad = self.pad.index_select(0, index)
             if self.encoder_states is not None and self.encoder_mask is not None:
                 self.encoder_states = self.encoder_states.index_select(
@@ -163,7 +165,3 @@ class BatchCache:
             layer.keys = layer.keys[:, :, drop:]
             layer.values = layer.values[:, :, drop:]
         self.pad -= drop
-
-    def _device(self) -> torch.device:
-        layers = cache_layers(self.cache)
-        return layers[0].keys.device if layers else torch.device("cpu")
