@@ -74,6 +74,9 @@ class AsyncEngine:
     async def start(self) -> None:
         """Start the engine loop in the current event loop."""
         if self._task is None or self._task.done():
+            warm_up = getattr(self.core.backend, "warm_up", None)
+            if callable(warm_up):  # CUDA graphs belong to the thread that captured them: the step thread
+                await asyncio.get_running_loop().run_in_executor(self._executor, warm_up)
             self._wakeup = asyncio.Event()
             self._task = asyncio.create_task(self._loop(), name="ladle-engine")
 

@@ -1,0 +1,137 @@
+"""hf_bettertransformer: SDPA attention, a preallocated slot KV cache and a compiled decode step.
+
+Optimum's BetterTransformer was upstreamed into Transformers as SDPA attention and removed
+from optimum 2.x; this backend is the fast path it stood for. Where the installed optimum
+still has `optimum.bettertransformer` and it converts the model, it is used too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from backends import loading
+from backends.errors import ModelLoadError
+from backends.hf_bettertransformer.backend import BetterTransformerBackend
+from backends.hf_bettertransformer.decode_step import resolve_compile
+from backends.hf_runner import TransformersRunner
+
+log = logging.getLogger("ladle.hf_bettertransformer")
+
+# Default cap on cached columns per slot: slots x columns x per-token K/V stays bounded
+# (SmolLM2-135M in float32: 16 slots x 2048 columns = 1.5 GiB on CPU).
+DEFAULT_MAX_CONTEXT = {"cpu": 2048, "cuda": 4096}
+
+
+class SharedRunnerBackend(TransformersRunner):
+    """Models the slot cache cannot serve (encoder-decoders): the shared dynamic-cache runner."""
+
+    name = "hf_bettertransformer"
+
+
+def load(
+    source: loading.ModelSource,
+    dtype: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    max_batch_size: int = 16,
+    compile: bool | None = None,
+    max_context: int | None = None,
+) -> TransformersRunner:
+    """Load a model for the hf_bettertransformer backend, compiled and warmed up when asked."""
+    device = device or loading.default_device()
+    torch_dtype = loading.pick_dtype(dtype, device)
+    config = loading.load_config(source, trust_remote_code)
+    if max_batch_size < 1:
+        raise ModelLoadError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    limit = _max_len(config, max_context, torch.device(device))
+    compiled = resolve_compile(compile, torch.device(device))
+    extra = {"attn_implementation": "sdpa"} if _supports_sdpa(config) else {}
+    model, tokenizer = loading.load_pretrained(source, trust_remote_code, dtype=torch_dtype, **extra)
+    model.to(device)
+    model = _maybe_optimum(model)
+    if getattr(config, "is_encoder_decoder", False):
+        log.info("hf_bettertransformer: %s is an encoder-decoder; using the shared runner", source.name)
+        return SharedRunnerBackend(model, tokenizer, source.name)
+    try:
+        backend = BetterTransformerBackend(model, tokenizer, source.name, max_batch_size, limit, compiled)
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:
+        # Models whose cache is not one K/V pair per layer (state-space layers, say).
+        log.warning(
+            "hf_bettertransformer: %s does not fit the slot cache (%s); using the shared runner",
+            source.name,
+            _one_line(exc),
+        )
+        return SharedRunnerBackend(model, tokenizer, source.name)
+    log.info(
+        "hf_bettertransformer: %s on %s in %s, %s attention, %d slots x %d columns (%.0f MiB), %s decode",
+        source.name,
+        device,
+        torch_dtype,
+        model.config._attn_implementation,
+        backend.cache.slots,
+        backend.cache.max_len,
+        backend.cache.nbytes() / 2**20,
+        "compiled" if backend.step.compiled else "eager",
+    )
+    return backend
+
+
+def _supports_sdpa(config: Any) -> bool:
+    """Whether Transformers has an SDPA attention for this architecture (Bloom, say, has not)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    mapping: Any = auto._model_mapping
+    model_class = mapping.get(type(config), None)
+    return bool(getattr(model_class, "_supports_sdpa", False))
+
+
+def _max_len(config: Any, max_context: int | None, device: torch.device) -> int:
+    """Columns per slot: max_context, else MAX_CONTEXT, else the device cap; never past a sliding window."""
+    env = os.environ.get("MAX_CONTEXT", "").strip()
+    if max_context is None and env:
+        if not env.isdigit() or int(env) < 2:
+            raise ModelLoadError(f"MAX_CONTEXT must be an integer >= 2, got {env!r}")
+        max_context = int(env)
+    if max_context is not None and max_context < 2:
+        raise ModelLoadError(f"max_context must be >= 2, got {max_context}")
+    limit = max_context or DEFAULT_MAX_CONTEXT.get(device.type, DEFAULT_MAX_CONTEXT["cuda"])
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, int) and 0 < window < limit:
+        # The mask treats every row's query as the last column, so a window narrower than the
+        # cache would be measured from the wrong place: keep the context inside the window.
+        log.info("hf_bettertransformer: context capped at the sliding window of %d tokens", window)
+        limit = window
+    return limit
+
+
+def _maybe_optimum(model: Any) -> Any:
+    """Convert with optimum.bettertransformer where the installed optimum still has it."""
+    try:
+        from optimum.bettertransformer import BetterTransformer  # type: ignore[import-not-found]
+    except ImportError:
+        log.info(
+            "hf_bettertransformer: optimum.bettertransformer is not installed (optimum 2.x removed it); "
+            "using Transformers' %s attention",
+            model.config._attn_implementation,
+        )
+        return model
+    try:
+        converted = BetterTransformer.transform(model, keep_original_model=False)
+    except Exception as exc:  # optimum refuses models that Transformers already runs with SDPA
+        log.info("hf_bettertransformer: optimum.bettertransformer declined this model: %s", _one_line(exc))
+        return model
+    log.info("hf_bettertransformer: converted the model with optimum.bettertransformer")
+    return converted
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+__all__ = ["BetterTransformerBackend", "SharedRunnerBackend", "load"]
