@@ -1,0 +1,156 @@
+"""Reading an OpenAI-style server-sent-event stream and timing what arrives.
+
+The definitions follow the shared yardstick (shared/tools/loadgen.py), so numbers from both
+tools mean the same thing:
+  TTFT    request sent -> first chunk with non-empty content
+  ITL     mean gap between consecutive content chunks: (t_last - t_first) / (chunks - 1)
+  tokens  usage.completion_tokens when the server sends it, else the number of content chunks
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    """What one streamed response delivered, with arrival times (perf_counter seconds)."""
+
+    sent_at: float
+    chat: bool
+    content_times: list[float] = field(default_factory=list)
+    text: str = ""
+    usage_tokens: int | None = None
+    finish_reason: str | None = None
+    done: bool = False
+    error: str | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.content_times[0] - self.sent_at if self.content_times else None
+
+    @property
+    def itl_s(self) -> float | None:
+        times = self.content_times
+        return (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None
+
+    @property
+    def tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else len(self.content_times)
+
+    def problem(self) -> str | None:
+        """Why this stream counts as a failure, or None."""
+        if self.error:
+            return self.error
+        if not self.done:
+            return "the stream ended without data: [DONE]"
+        if not self.content_times and not self.finish_reason:
+            return "the stream held neither content nor a finish_reason"
+        return None
+
+
+class SSEReader:
+    """Feeds raw bytes of an SSE body, in whatever pieces they arrive, into a StreamRecord."""
+
+    def __init__(self, record: StreamRecord) -> None:
+        self.record = record
+        self._buffer = b""
+
+    def feed(self, data: bytes, now: float) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._line(line.decode("utf-8", "replace").rstrip("\r"), now)
+
+    def close(self, now: float) -> None:
+        if self._buffer:
+            self._line(self._buffer.decode("utf-8", "replace").rstrip("\r"), now)
+            self._buffer = b""
+
+    def _line(self, line: str, now: float) -> None:
+        if not line.startswith("data:"):
+            return  # blank separators, ": comments", "event:" lines
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.record.done = True
+            return
+        try:
+            event = json.loads(data)
+        except json.JSONDecodeError:
+            self.record.error = f"bad SSE JSON: {data[:200]}"
+            return
+        if not isinstance(event, dict):
+            self.record.error = f"unexpected SSE event: {data[:200]}"
+            return
+        self._event(event, now)
+
+    def _event(self, event: dict[str, Any], now: float) -> None:
+        record = self.record
+        if event.get("error"):
+            record.error = f"error event: {json.dumps(event['error'])[:300]}"
+            return
+        usage = event.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            record.usage_tokens = usage["completion_tokens"]
+        for choice in event.get("choices") or []:
+            content = (choice.get("delta") or {}).get("content") if record.chat else choice.get("text")
+            if content:
+                record.text += content
+                record.content_times.append(now)
+            if choice.get("finish_reason"):
+                record.finish_reason = choice["finish_reason"]
+
+
+def request_body(
+    prompt: str,
+    *,
+    chat: bool,
+    stream: bool,
+    model: str,
+    max_tokens: int,
+    temperature: float,
+    ignore_eos: bool,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of one completions or chat completions request."""
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
+    if chat:
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if ignore_eos:
+        # Not in OpenAI's spec; ladle, vLLM and llama.cpp accept these to force full length.
+        body["min_tokens"] = max_tokens
+        body["ignore_eos"] = True
+    body.update(extra or {})
+    return body
+
+
+# The yardstick's fixed prompt set (shared/tools/loadgen.py): request i sends PROMPTS[i % 20].
+PROMPTS: tuple[str, ...] = (
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain what a hash table is in simple terms.",
+    "List three benefits of regular exercise.",
+    "Translate 'good morning, how are you?' into Spanish.",
+    "What is 17 multiplied by 23? Show your reasoning.",
+    "Write a Python function that reverses a string.",
+    "Give me a recipe for a simple tomato pasta.",
+    "Why is the sky blue?",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "What are the main differences between TCP and UDP?",
+    "Suggest a name for a small coffee shop near the beach.",
+    "Describe the water cycle for a ten-year-old.",
+    "Write a haiku about autumn leaves.",
+    "How do I make a cup of green tea?",
+    "What does the acronym CPU stand for, and what does it do?",
+    "Tell me a fun fact about octopuses.",
+    "Write an email asking my manager for a day off next Friday.",
+    "Explain the difference between weather and climate.",
+    "What should I pack for a weekend camping trip?",
+)

@@ -1,0 +1,272 @@
+"""Limits on what one request or one client may take: body, prompt, max_tokens, n x max_tokens,
+requests in flight, and slow or stalled clients (who must never hold up anyone else)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from handler.app import create_app
+from handler.config import Settings
+from handler.limits import ClientLimitsMiddleware
+from tests.conftest_http import LiveServer, wait_until
+from tests.fake_engine import FakeModel, fake_loader
+
+SHORT = 0.5  # CLIENT_TIMEOUT, in seconds, of the servers that meet slow clients
+LONG = 30.0  # and of the others: ample for a test machine under load
+
+
+@contextlib.contextmanager
+def limited_server(
+    settings: Settings | None = None,
+    max_concurrent: int = 64,
+    timeout: float = LONG,
+    send_buffer: int | None = None,
+    **fake: Any,
+) -> Iterator[LiveServer]:
+    """A fake-model server behind ClientLimitsMiddleware; `send_buffer` shrinks its sockets' buffers."""
+    app = create_app(settings or Settings(), loader=fake_loader(**fake))
+    app.add_middleware(ClientLimitsMiddleware, max_concurrent=max_concurrent, timeout=timeout)
+    server = LiveServer(app)
+    if send_buffer is not None:
+        # Accepted sockets inherit the listening socket's buffer size: a stalled reader blocks sends soon.
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    server.start()
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+def engine(server: LiveServer) -> Any:
+    model: FakeModel = server.model
+    return model.engine
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    settings = Settings(completion_max_prompt=50, completion_max_tokens=40, max_body_size=2_000)
+    with limited_server(settings, max_concurrent=64) as live:
+        yield live
+
+
+def post(server: LiveServer, body: dict[str, Any], path: str = "/v1/completions") -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=30)
+
+
+def test_body_past_max_body_size_is_refused_without_content_length(server: LiveServer) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(10):
+            yield b"x" * 500  # sent chunked: the server must count, not trust a header
+        yield b'"}'
+
+    response = httpx.post(server.url + "/v1/completions", content=chunks(), timeout=30)
+    assert_error(response, 413)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"prompt": list(range(50)), "max_tokens": 1}, 200, None),
+        ({"prompt": list(range(51)), "max_tokens": 1}, 400, "prompt"),
+        ({"prompt": "x", "max_tokens": 40}, 200, None),
+        ({"prompt": "x", "max_tokens": 41}, 400, "max_tokens"),
+        ({"prompt": "x", "n": 5, "max_tokens": 1}, 200, None),
+        ({"prompt": "x", "n": 6, "max_tokens": 1}, 400, "n"),
+    ],
+)
+def test_request_size_limits(
+    server: LiveServer, body: dict[str, Any], status: int, param: str | None
+) -> None:
+    response = post(server, body)
+    if status == 200:
+        assert response.status_code == 200, response.text
+    else:
+        assert_error(response, status, param)
+
+
+@pytest.fixture
+def total_of_20(server: LiveServer) -> Iterator[None]:
+    """COMPLETION_MAX_TOTAL_TOKENS=20 on the running service (the setting itself is tested below)."""
+    service = server.state.service
+    before = service.limits
+    service.limits = dataclasses.replace(before, max_total_tokens=20)
+    yield
+    service.limits = before
+
+
+@pytest.mark.usefixtures("total_of_20")
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"prompt": "x", "n": 2, "max_tokens": 10}, 200, None),
+        ({"prompt": "x", "n": 4, "max_tokens": 6}, 400, "max_tokens"),
+        ({"prompt": "x", "n": 1, "best_of": 3, "max_tokens": 7}, 400, "max_tokens"),
+        ({"prompt": ["a", "b", "c"], "n": 2, "max_tokens": 4}, 400, "max_tokens"),
+        ({"prompt": ["a", "b"], "n": 2, "max_tokens": 5}, 200, None),
+    ],
+)
+def test_n_times_max_tokens_limit(
+    server: LiveServer, body: dict[str, Any], status: int, param: str | None
+) -> None:
+    response = post(server, body)
+    if status == 200:
+        assert response.status_code == 200, response.text
+    else:
+        assert "COMPLETION_MAX_TOTAL_TOKENS" in assert_error(response, status, param)["message"]
+
+
+@pytest.mark.usefixtures("total_of_20")
+def test_null_max_tokens_shares_the_total(server: LiveServer) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], "n": 4, "ignore_eos": True}
+    response = post(server, body, "/v1/chat/completions")
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 4 * 5
+    assert all(choice["finish_reason"] == "length" for choice in response.json()["choices"])
+
+
+@pytest.mark.skipif(
+    "completion_max_total_tokens" not in {f.name for f in dataclasses.fields(Settings)},
+    reason="waits for COMPLETION_MAX_TOTAL_TOKENS in handler/config.py",
+)
+def test_total_tokens_setting_reaches_the_service() -> None:
+    from handler.config import settings_from_env
+    from handler.service import OpenAIService
+
+    settings = settings_from_env({"COMPLETION_MAX_TOTAL_TOKENS": "123"})
+    model: Any = FakeModel()
+    assert OpenAIService(model, settings).limits.max_total_tokens == 123
+
+
+def test_requests_past_the_cap_get_429_and_probes_still_answer() -> None:
+    body = {"prompt": "Hi", "max_tokens": 200, "ignore_eos": True, "stream": True}
+    with (
+        limited_server(max_concurrent=2, step_delay=0.02, context_length=1024) as live,
+        httpx.Client(base_url=live.url, timeout=30) as client,
+        contextlib.ExitStack() as held,
+    ):
+        # Keep the line iterators: closing one (as its garbage collection does) closes its response.
+        lines = [
+            held.enter_context(client.stream("POST", "/v1/completions", json=body)).iter_lines()
+            for _ in range(2)
+        ]
+        assert all(next(line).startswith("data: ") for line in lines)
+        refused = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
+        assert assert_error(refused, 429)["type"] == "rate_limit_error"
+        assert refused.headers["retry-after"] == "1"
+        assert client.get("/health").status_code == 200
+        held.close()  # both clients leave: their places free up
+        wait_until(
+            lambda: client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1}).status_code == 200,
+            30,
+            "the freed places were not given back",
+        )
+
+
+def raw_request(
+    port: int, body: bytes, content_length: int, receive_buffer: int | None = None
+) -> socket.socket:
+    """A socket that has sent a POST's headers and `body` (maybe less than Content-Length says)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {content_length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(status line and headers, body) of one response with a Content-Length."""
+    sock.settimeout(30)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:]
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+def test_slow_body_gets_408_and_holds_up_nobody() -> None:
+    with limited_server(timeout=SHORT) as live:
+        slow = raw_request(live.port, b'{"prompt": "Hi"', content_length=100)
+        stalled_headers = socket.create_connection(("127.0.0.1", live.port))
+        stalled_headers.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
+        try:
+            assert post(live, {"prompt": "Hi", "max_tokens": 2}).status_code == 200
+            head, body = read_response(slow)
+        finally:
+            slow.close()
+            stalled_headers.close()
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+def test_a_client_leaving_mid_body_is_no_server_error(
+    server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    leaving = raw_request(server.port, b'{"prompt": ', content_length=100)
+    leaving.close()
+    assert post(server, {"prompt": "Hi", "max_tokens": 2}).status_code == 200
+    wait_until(lambda: server.state.metrics.active == 0, 30, "the request was never over")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_stalled_reader_is_dropped_and_its_generation_freed() -> None:
+    # About 700 kB of events: far more than the socket buffers and uvicorn's write buffer hold.
+    body = {"prompt": "Hi", "max_tokens": 4_000, "ignore_eos": True, "stream": True}
+    raw = json.dumps(body).encode()
+    with limited_server(timeout=SHORT, send_buffer=4096, step_delay=0.0, context_length=8_000) as live:
+        fake = engine(live)
+        stalled = raw_request(live.port, raw, len(raw), receive_buffer=4096)  # and never read
+        try:
+            wait_until(lambda: len(fake.aborted) == 1, 60, "the stalled stream was never dropped")
+            assert fake.active == {}
+            assert post(live, {"prompt": "Hi", "max_tokens": 2}).status_code == 200
+        finally:
+            stalled.close()
+
+
+def test_the_middleware_refuses_nonsense() -> None:
+    with pytest.raises(ValueError):
+        ClientLimitsMiddleware(create_app(Settings(), loader=fake_loader()), max_concurrent=0, timeout=1)
+
+
+@pytest.mark.skipif(
+    "max_concurrent_requests" not in {f.name for f in dataclasses.fields(Settings)},
+    reason="waits for MAX_CONCURRENT_REQUESTS and CLIENT_TIMEOUT in handler/config.py and handler/app.py",
+)
+def test_the_settings_put_the_limits_in_front_of_the_app() -> None:
+    from handler.config import settings_from_env
+
+    settings = settings_from_env({"MAX_CONCURRENT_REQUESTS": "7", "CLIENT_TIMEOUT": "9"})
+    app = create_app(settings, loader=fake_loader())
+    limits = [m for m in app.user_middleware if m.cls is ClientLimitsMiddleware]
+    assert len(limits) == 1 and limits[0].kwargs == {"max_concurrent": 7, "timeout": 9}
