@@ -149,7 +149,7 @@ class EngineCore:
         # the newly admitted ones get their first token from the prefill itself.
         if self._running:
             self._decode(list(self._running), result, touched)
-        admitted = self._admit()
+        admitted = [r for r in self._admit() if self._setup(r, result)]
         if admitted:
             self._prefill(admitted, result, touched)
         self._finish(touched, result)
@@ -175,9 +175,17 @@ class EngineCore:
                 request = self._waiting.popleft()
                 free -= request.params.num_sequences
                 admitted.append(request)
-        for request in admitted:
-            self._make_sequences(request)
         return admitted
+
+    def _setup(self, request: Request, result: StepResult) -> bool:
+        """Build a request's sequences; a failure here fails that request alone."""
+        try:
+            self._make_sequences(request)
+            return True
+        except Exception as exc:
+            log.exception("setting up request %s failed", request.request_id)
+            self._fail([request], exc, result)
+            return False
 
     def _make_sequences(self, request: Request) -> None:
         params, info = request.params, self.info
@@ -230,6 +238,15 @@ class EngineCore:
             self._running.extend(rows)
             self._sample(torch.stack(row_logits), rows, touched)
         except Exception as exc:
+            if len(admitted) > 1:  # one prompt may be at fault (too large for memory): retry each alone
+                log.warning("prefill of %d requests failed (%s); retrying one by one", len(admitted), exc)
+                self._release([s for r in admitted for s in r.sequences])
+                for request in admitted:
+                    request.sequences.clear()
+                    request.prompt_logprobs = None
+                    if self._setup(request, result):
+                        self._prefill([request], result, touched)
+                return
             log.exception("prefill failed for %d request(s)", len(admitted))
             self._fail(admitted, exc, result)
 

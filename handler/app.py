@@ -19,6 +19,7 @@ from handler import playground
 from handler.auth import APIKeyMiddleware
 from handler.config import Settings, settings_from_env
 from handler.errors import APIError, InternalError, error_body
+from handler.limits import ClientLimitsMiddleware
 from handler.metrics import Metrics, MetricsMiddleware
 from handler.routes import ROUTES, ClientDisconnected
 from handler.served import load_served_model
@@ -85,6 +86,14 @@ def _middleware(settings: Settings, metrics: Metrics, routes: Sequence[BaseRoute
         )
     if settings.api_key:
         middleware.append(Middleware(APIKeyMiddleware, api_key=settings.api_key))
+    # Innermost: a request the API key refuses never takes a place; 429s and 408s are still metered.
+    middleware.append(
+        Middleware(
+            ClientLimitsMiddleware,
+            max_concurrent=settings.max_concurrent_requests,
+            timeout=settings.client_timeout,
+        )
+    )
     return middleware
 
 

@@ -37,6 +37,10 @@ class Settings:
     ladle_cache: str | None = None
     trust_remote_code: bool = False
     log_level: str = "info"
+    completion_max_total_tokens: int = 20480
+    max_concurrent_requests: int = 512
+    client_timeout: int = 30
+    log_prompts: bool = False
     drain_timeout: int = 25
     health_loading_status: int = 503
 
@@ -77,6 +81,7 @@ _KINDS = {
     **{name: "str" for name in _FIELDS},
     **{name: "int" for name in _FIELDS if isinstance(_FIELDS[name].default, int)},
     "trust_remote_code": "bool",
+    "log_prompts": "bool",
     "cors_origins": "list",
 }
 
@@ -110,6 +115,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("ladle_cache", "LADLE_CACHE", "folder for converted models; unset uses the user cache"),
     Option("trust_remote_code", "TRUST_REMOTE_CODE", "allow model code from the model's repository"),
     Option("log_level", "LOG_LEVEL", "how much to log", choices=("debug", "info", "warning", "error")),
+    Option(
+        "completion_max_total_tokens",
+        "COMPLETION_MAX_TOTAL_TOKENS",
+        "most tokens one request may generate: prompts x n (or best_of) x max_tokens",
+        1,
+    ),
+    Option(
+        "max_concurrent_requests",
+        "MAX_CONCURRENT_REQUESTS",
+        "requests answered at once; past it 429 (/health, /ping, /metrics never refused)",
+        1,
+    ),
+    Option(
+        "client_timeout",
+        "CLIENT_TIMEOUT",
+        "seconds a client may take to send its body, or leave its response unread, before it is dropped",
+        1,
+    ),
+    Option("log_prompts", "LOG_PROMPTS", "log every prompt and output to the ladle.prompts logger"),
     Option(
         "drain_timeout",
         "DRAIN_TIMEOUT",

@@ -27,7 +27,6 @@ from handler.errors import (
 from handler.generation import Generation, Job, PromptState, collect
 from handler.prompts import Prompt, PromptBuilder
 from handler.protocol import (
-    DEFAULT_MAX_TOTAL_TOKENS,
     ChatCompletionRequest,
     CompletionRequest,
     Limits,
@@ -63,9 +62,9 @@ class OpenAIService:
             max_tokens=settings.completion_max_tokens,
             max_n=settings.completion_max_n,
             max_logprobs=settings.completion_max_logprobs,
-            max_total_tokens=getattr(settings, "completion_max_total_tokens", DEFAULT_MAX_TOTAL_TOKENS),
+            max_total_tokens=settings.completion_max_total_tokens,
         )
-        self.log_prompts = bool(getattr(settings, "log_prompts", False))
+        self.log_prompts = settings.log_prompts
         self.prompts = PromptBuilder(
             model.tokenizer,
             vocab_size=model.info.vocab_size,
