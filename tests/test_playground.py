@@ -323,7 +323,8 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
         box.fill("Tell me a long story")
         box.press("Enter")
         answer = last_answer(page)
-        expect(stat(answer, "tokens")).to_have_text(re.compile(r"^([5-9]|\d\d+)$"))
+        # A generous bound for a busy machine: the first tokens of an 800-token run, not a speed.
+        expect(stat(answer, "tokens")).to_have_text(re.compile(r"^([5-9]|\d\d+)$"), timeout=90_000)
         expect(answer).to_have_attribute("aria-busy", "true")  # still streaming
         assert engine.num_running == 1
         if stop_with == "button":
