@@ -137,7 +137,9 @@ class BenchReport:
         axes[1].set_title("decode tokens/s (higher is better)")
         _bars(axes[2], names, {_seqs(b): [self.results[n].bandwidth_gbps(b) for n in names] for b in batches})
         if self.copy_gbps:
-            axes[2].axhline(self.copy_gbps, color="black", linestyle="--", label="measured copy")
+            axes[2].axhline(
+                self.copy_gbps, color="black", linestyle="--", label="measured copy (read + write)"
+            )
             axes[2].legend(fontsize=8)
         axes[2].set_title("weight bytes x decode steps/s (GB/s)")
         fig.suptitle(f"{self.model} · {self.machine} · {self.dtype} · {self.date}", fontsize=10)
