@@ -10,7 +10,7 @@ STAMP := $(VENV)/.ladle-installed
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,bench,loadtest,int8
 
-.PHONY: serve test lint typecheck unit bench loadtest clean install browser
+.PHONY: serve test lint typecheck unit bench loadtest loadtest-table gpu-check clean install browser
 
 install: $(STAMP)
 
@@ -45,7 +45,16 @@ unit: $(STAMP) browser
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest bench --benchmark-only
+	$(BIN)/python -m pytest bench --benchmark-only -p no:cacheprovider $(BENCH_ARGS)
+
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtest $(LOADTEST_ARGS)
+
+loadtest-table: $(STAMP)
+	$(BIN)/python -m loadtest.matrix
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
