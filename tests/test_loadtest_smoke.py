@@ -9,17 +9,16 @@ import csv
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loadtest.matrix import free_port, healthy
 from loadtest.run import is_loopback, main, parse_duration, parse_users
 from loadtest.stream import SSEReader, StreamRecord, request_body
 from loadtest.summary import from_samples, from_stats_csv, percentile
@@ -117,28 +116,12 @@ def test_runner_arguments_and_remote_guard(capsys: pytest.CaptureFixture[str]) -
     assert "--allow-remote" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _healthy(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url + "/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def tiny_server() -> Iterator[str]:
     """`python -m handler` serving the tiny Llama on a free loopback port."""
     if importlib.util.find_spec("handler.cli") is None:
         pytest.skip("handler not available")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "handler", "--model", str(tiny_model_dir("llama"))]
@@ -155,7 +138,7 @@ def tiny_server() -> Iterator[str]:
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120  # a bound on start-up, not a measurement
-        while not _healthy(url):
+        while not healthy(url):
             if server.poll() is not None or time.monotonic() > deadline:
                 output = server.stdout.read().decode(errors="replace") if server.stdout else ""
                 pytest.fail(f"the server did not become healthy:\n{output[-3000:]}")
