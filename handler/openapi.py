@@ -9,12 +9,21 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from handler.protocol import ChatCompletionRequest, CompletionRequest
-from handler.replies import ChatCompletion, Completion, ErrorResponse, Health, ModelCard, ModelList
+from handler.replies import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    ErrorResponse,
+    Health,
+    ModelCard,
+    ModelList,
+)
 
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
     "400": "invalid request",
     "401": "missing or wrong API key",
+    "408": "the request body did not arrive within CLIENT_TIMEOUT",
     "413": "request body too large",
     "429": "the engine's queue is full; see Retry-After",
     "500": "generation failed",
@@ -34,9 +43,20 @@ def _errors() -> dict[str, Any]:
     return {code: _json(ErrorResponse, text) for code, text in _ERRORS.items()}
 
 
-def _generation(request: type[BaseModel], response: type[BaseModel], summary: str) -> dict[str, Any]:
+def _generation(
+    request: type[BaseModel], response: type[BaseModel], chunk: type[BaseModel], summary: str
+) -> dict[str, Any]:
     ok = _json(response, "the response, or with stream: true server-sent events of chunks")
-    ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    ok["content"]["text/event-stream"] = {
+        "schema": {
+            "type": "string",
+            "description": (
+                f"`data: {{json}}` events, each a {chunk.__name__}; an error mid-stream is one "
+                '`data: {"error": ...}` event; the stream ends with `data: [DONE]`'
+            ),
+        },
+        "x-event-schema": _ref(chunk),
+    }
     return {
         "post": {
             "summary": summary,
@@ -46,8 +66,11 @@ def _generation(request: type[BaseModel], response: type[BaseModel], summary: st
     }
 
 
-def _get(response: type[BaseModel], summary: str, **extra: Any) -> dict[str, Any]:
-    return {"get": {"summary": summary, "responses": {"200": _json(response), **_errors()}, **extra}}
+def _get(response: type[BaseModel], summary: str, not_found: str = "", **extra: Any) -> dict[str, Any]:
+    responses = {"200": _json(response), **_errors()}
+    if not_found:
+        responses["404"] = _json(ErrorResponse, not_found)
+    return {"get": {"summary": summary, "responses": responses, **extra}}
 
 
 @functools.cache
@@ -58,6 +81,7 @@ def openapi_schema() -> dict[str, Any]:
         ChatCompletionRequest,
         Completion,
         ChatCompletion,
+        ChatCompletionChunk,
         ModelList,
         ModelCard,
         ErrorResponse,
@@ -75,12 +99,14 @@ def openapi_schema() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "ladle", "version": "1", "description": "OpenAI-compatible text generation"},
         "paths": {
-            "/v1/completions": _generation(CompletionRequest, Completion, "Create a completion"),
+            "/v1/completions": _generation(CompletionRequest, Completion, Completion, "Create a completion"),
             "/v1/chat/completions": _generation(
-                ChatCompletionRequest, ChatCompletion, "Create a chat completion"
+                ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, "Create a chat completion"
             ),
             "/v1/models": _get(ModelList, "List models"),
-            "/v1/models/{model_id}": _get(ModelCard, "Retrieve a model", parameters=model_id),
+            "/v1/models/{model_id}": _get(
+                ModelCard, "Retrieve a model", not_found="no model has this id", parameters=model_id
+            ),
             "/health": _get(Health, "200 once the model is loaded, 503 before"),
             "/ping": _get(Health, "Alias of /health"),
         },
