@@ -353,6 +353,8 @@ def test_openapi_has_request_schemas() -> None:
     assert "ChatMessage" in schema["components"]["schemas"]
     assert "404" in schema["paths"]["/v1/models/{model_id}"]["get"]["responses"]
     assert "408" in schema["paths"]["/v1/completions"]["post"]["responses"]
-    events = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]["text/event-stream"]
+    events = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"][
+        "text/event-stream"
+    ]
     assert events["x-event-schema"]["$ref"].endswith("/ChatCompletionChunk")
     assert "ChatCompletionChunk" in schema["components"]["schemas"]
