@@ -5,6 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+# Past any vocabulary, and within the int64 the sampler puts it in (a larger one failed the batch).
+MAX_TOP_K = 2**31 - 1
+# A repetition_penalty near 0 (or huge) scales logits to inf and the logprobs turn NaN (found by
+# fuzzing); [1/100, 100] holds every useful value. A temperature that small would do the same to
+# sampling: below MIN_TEMPERATURE it samples greedily, as vLLM does.
+MIN_DIVISOR = 1e-2
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -53,11 +61,11 @@ class SamplingParams:
             raise ValueError(f"min_tokens must be <= max_tokens, got {self.min_tokens} > {self.max_tokens}")
         _float("temperature", self.temperature, 0.0, 2.0)
         _float("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _int("top_k", self.top_k, low=-1)
+        _int("top_k", self.top_k, low=-1, high=MAX_TOP_K)
         _float("min_p", self.min_p, 0.0, 1.0)
         _float("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _float("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        _float("repetition_penalty", self.repetition_penalty, 0.0, math.inf, low_open=True)
+        _float("repetition_penalty", self.repetition_penalty, MIN_DIVISOR, 1 / MIN_DIVISOR)
         if not isinstance(self.logit_bias, dict):
             raise ValueError("logit_bias must be a mapping of token id to bias")
         for token, bias in self.logit_bias.items():
@@ -67,7 +75,7 @@ class SamplingParams:
                 raise ValueError(f"logit_bias token id {token} is outside the vocabulary")
             _float("logit_bias", bias, -100.0, 100.0)
         if self.seed is not None:
-            _int("seed", self.seed, low=-(2**63))
+            _int("seed", self.seed, low=-(2**63), high=2**64 - 1)
         if self.logprobs is not None:
             _int("logprobs", self.logprobs, low=0, high=20)
         if not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop):

@@ -18,7 +18,8 @@ row does, so a batch of plain greedy rows costs one argmax. The order is:
    model's distribution adjusted by the request's biases and penalties, NOT the
    truncated sampling distribution (no temperature, top_k, top_p or min_p): a sampled
    token's logprob says how likely the adjusted model found it;
-7. greedy rows (temperature 0): argmax (ties go to the lowest id);
+7. greedy rows (temperature 0, or below 1e-5, which would overflow): argmax (ties go to
+   the lowest id);
 8. sampled rows: logits / temperature, then top_k, top_p and min_p (Transformers'
    semantics and order; the token that crosses top_p is kept, and so is always the most
    likely token) from one descending sort of the rows that use any of them; then one
@@ -40,7 +41,7 @@ from typing import Protocol
 
 import torch
 
-from backends.params import SamplingParams
+from backends.params import MIN_TEMPERATURE, SamplingParams
 
 __all__ = ["SampleResult", "Sampler", "SamplingRow", "make_generator", "wants_logprobs"]
 
@@ -329,10 +330,10 @@ class Sampler:
 
     def _choose(self, scores: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         """Greedy rows argmax, sampled rows draw; token id per row [B]."""
-        greedy = [i for i, r in enumerate(rows) if r.params.temperature == 0.0]
+        greedy = [i for i, r in enumerate(rows) if r.params.temperature < MIN_TEMPERATURE]
         if len(greedy) == len(rows):
             return scores.argmax(dim=-1)
-        sampled = [i for i, r in enumerate(rows) if r.params.temperature != 0.0]
+        sampled = [i for i, r in enumerate(rows) if r.params.temperature >= MIN_TEMPERATURE]
         if not greedy:
             return _sample(scores, rows)
         device = scores.device

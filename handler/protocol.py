@@ -8,21 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backends.params import SamplingParams
+from backends.params import MAX_TOP_K, MIN_DIVISOR, MIN_TEMPERATURE, SamplingParams
 from handler.errors import APIError
 
 StopString = Annotated[str, Field(min_length=1)]
 TokenId = Annotated[int, Field(ge=0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-# Past any vocabulary, and within the int64 the sampler puts it in (a larger one failed the batch).
-MAX_TOP_K = 2**31 - 1
 # Deeper than any real tool call; the chat template recurses into them.
 MAX_JSON_DEPTH = 32
-# A repetition_penalty near 0 (or huge) scales logits to inf and the logprobs turn NaN (found by
-# fuzzing); [1/100, 100] holds every useful value. A temperature that small would do the same to
-# sampling: below MIN_TEMPERATURE it samples greedily, as vLLM does.
-MIN_DIVISOR = 1e-2
-MIN_TEMPERATURE = 1e-5
 # Tokens one request may generate over all its prompts and choices: n x max_tokens at their defaults.
 DEFAULT_MAX_TOTAL_TOKENS = 4096 * 5
 

@@ -452,3 +452,24 @@ def test_candidate_cut_equals_the_full_sort(monkeypatch: pytest.MonkeyPatch, can
     full = distribution()
     monkeypatch.setattr(sampler_module, "_CANDIDATES", candidates)
     assert torch.allclose(distribution(), full, atol=1e-6)
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy() -> None:
+    logits = torch.tensor([[0.0, 3.0, 2.999, 1.0]])
+    rows = [row(temperature=1e-9, seed=seed) for seed in range(8)]
+    assert Sampler([], 4)(logits.expand(8, -1), rows).token_ids == [1] * 8
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_k", 2**31),
+        ("repetition_penalty", 0.001),
+        ("repetition_penalty", 101.0),
+        ("seed", 2**64),
+        ("temperature", 2.5),
+    ],
+)
+def test_params_reject_what_would_overflow_the_sampler(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: value}).validate()  # type: ignore[arg-type]
