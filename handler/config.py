@@ -43,6 +43,7 @@ class Settings:
     log_prompts: bool = False
     drain_timeout: int = 25
     health_loading_status: int = 503
+    threads: int = 0
 
     def __repr__(self) -> str:
         # The API key must never reach a log line.
@@ -145,6 +146,13 @@ OPTIONS: tuple[Option, ...] = (
         "HEALTH_LOADING_STATUS",
         "status of /health and /ping while the model loads: 503, or 204 for RunPod's load balancer",
         200,
+    ),
+    Option(
+        "threads",
+        "THREADS",
+        "CPU threads for the forward (torch.set_num_threads); 0 keeps torch's default, one per core."
+        " On a shared or CPU-limited host, set the cores this process really gets",
+        0,
     ),
 )
 

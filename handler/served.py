@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from backends.async_engine import AsyncEngine
     from backends.base import ModelInfo
     from handler.config import Settings
+
+log = logging.getLogger("ladle")
 
 
 class ServedModel(Protocol):
@@ -27,8 +30,13 @@ class ServedModel(Protocol):
 
 def load_served_model(settings: Settings) -> ServedModel:
     """Load MODEL (or the default model) with the engine settings; blocking, run it off the event loop."""
+    import torch
+
     from backends import load_model
 
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    log.info("torch uses %d CPU thread(s) for the forward", torch.get_num_threads())
     model: ServedModel = load_model(
         settings.model,
         backend=settings.backend,

@@ -201,3 +201,19 @@ def test_default_model_knows_the_capital_of_france() -> None:
             temperature=0,
         )
     assert "Paris" in (result.choices[0].message.content or "")
+
+
+def test_threads_setting_sets_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import backends
+
+    seen: list[int] = []
+    monkeypatch.setattr(backends, "load_model", lambda *a, **k: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        load_served_model(Settings(threads=1))
+        load_served_model(Settings())  # 0 leaves the count as it is
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1]
