@@ -31,7 +31,7 @@ from locust.env import Environment
 
 # Locust puts this file's folder on sys.path, not the repository root that holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadtest.stream import PROMPTS, SSEReader, StreamRecord, request_body
+from loadtest.stream import IGNORE_EOS_MODES, PROMPTS, SSEReader, StreamRecord, request_body
 
 METRIC = "METRIC"
 UNFINISHED = "unfinished: the run ended before the response did"
@@ -51,6 +51,13 @@ def _options(parser: Any) -> None:
         action="store_true",
         default=False,
         help="force max_tokens tokens (sends min_tokens and ignore_eos, which ladle and vLLM accept)",
+    )
+    group.add_argument(
+        "--ignore-eos-mode",
+        choices=IGNORE_EOS_MODES,
+        default=IGNORE_EOS_MODES[0],
+        help="how --ignore-eos is sent: min_tokens and ignore_eos fields, or transformers serve's"
+        " generation_config",
     )
     group.add_argument("--extra-body", default="", help="JSON object merged into every request body")
     group.add_argument(
@@ -124,6 +131,8 @@ class OpenAIUser(User):
         }
         sample.update(error=problem, tokens=tokens if problem is None else 0)
         if problem is None:
+            if record is not None and record.note:
+                sample["note"] = record.note
             self._report("output_tokens", tokens, tokens, None, started_wall, METRIC)
             if record is not None and record.ttft_s is not None:
                 sample["ttft_s"] = record.ttft_s
@@ -164,6 +173,7 @@ class OpenAIUser(User):
             temperature=options.temperature if options else 0.0,
             ignore_eos=bool(options and options.ignore_eos),
             extra=json.loads(options.extra_body) if options and options.extra_body else None,
+            ignore_eos_mode=options.ignore_eos_mode if options else IGNORE_EOS_MODES[0],
         )
 
     def _model(self) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from loadtest.stream import PROMPTS, request_body
+from loadtest.stream import IGNORE_EOS_MODES, PROMPTS, request_body
 from loadtest.summary import LevelSummary, from_samples, from_stats_csv, markdown, read_samples
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ignore-eos", action="store_true", help="force max_tokens (min_tokens + ignore_eos)"
     )
+    parser.add_argument(
+        "--ignore-eos-mode",
+        choices=IGNORE_EOS_MODES,
+        default=IGNORE_EOS_MODES[0],
+        help="how --ignore-eos is sent: fields (ladle, vLLM, llama.cpp) or hf-generation-config"
+        " (transformers serve)",
+    )
     parser.add_argument("--extra-body", default="", help="JSON object merged into every request body")
     parser.add_argument("--api-key", default=os.environ.get("LOADTEST_API_KEY", ""), help="bearer key")
     parser.add_argument(
@@ -124,18 +131,21 @@ def wait_for_server(url: str, api_key: str, timeout: float = 30.0) -> list[str]:
 def warm_up(args: argparse.Namespace) -> None:
     """Unmeasured requests first, so lazy start-up work (first forward, allocations) is not in
     the numbers; the yardstick does the same."""
+    chat = args.user_class.split(",")[0].strip() == "StreamingChatUser"
     body = request_body(
         PROMPTS[0],
-        chat=False,
+        chat=chat,
         stream=False,
         model=args.model,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         ignore_eos=args.ignore_eos,
         extra=json.loads(args.extra_body) if args.extra_body else None,
+        ignore_eos_mode=args.ignore_eos_mode,
     )
+    url = args.url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
     request = urllib.request.Request(
-        args.url.rstrip("/") + "/v1/completions",
+        url,
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -143,8 +153,14 @@ def warm_up(args: argparse.Namespace) -> None:
         request.add_header("Authorization", f"Bearer {args.api_key}")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     for _ in range(args.warmup):
-        with opener.open(request, timeout=600) as response:
-            response.read()
+        try:
+            with opener.open(request, timeout=600) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode("utf-8", "replace")
+            raise SystemExit(f"loadtest: the warm-up request to {url} got {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise SystemExit(f"loadtest: the warm-up request to {url} failed: {exc}") from None
 
 
 def locust_command(args: argparse.Namespace, users: int, prefix: Path) -> list[str]:
@@ -158,7 +174,7 @@ def locust_command(args: argparse.Namespace, users: int, prefix: Path) -> list[s
         "--ladle-samples", f"{prefix}_samples.jsonl",
     ]  # fmt: skip
     if args.ignore_eos:
-        command.append("--ignore-eos")
+        command += ["--ignore-eos", "--ignore-eos-mode", args.ignore_eos_mode]
     if args.extra_body:
         command += ["--extra-body", args.extra_body]
     return command + [c.strip() for c in args.user_class.split(",") if c.strip()]

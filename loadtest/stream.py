@@ -44,11 +44,17 @@ class StreamRecord:
         """Why this stream counts as a failure, or None."""
         if self.error:
             return self.error
-        if not self.done:
-            return "the stream ended without data: [DONE]"
+        if not self.done and not self.finish_reason:
+            return "the stream ended without a finish_reason or data: [DONE]"
         if not self.content_times and not self.finish_reason:
             return "the stream held neither content nor a finish_reason"
         return None
+
+    @property
+    def note(self) -> str | None:
+        """A departure from OpenAI's stream format that still delivered a whole answer (the
+        yardstick times these too): `transformers serve` ends without `data: [DONE]`."""
+        return "no data: [DONE]" if not self.done and self.finish_reason else None
 
 
 class SSEReader:
@@ -103,6 +109,9 @@ class SSEReader:
                 record.finish_reason = choice["finish_reason"]
 
 
+IGNORE_EOS_MODES = ("fields", "hf-generation-config")
+
+
 def request_body(
     prompt: str,
     *,
@@ -113,8 +122,13 @@ def request_body(
     temperature: float,
     ignore_eos: bool,
     extra: dict[str, Any] | None = None,
+    ignore_eos_mode: str = "fields",
 ) -> dict[str, Any]:
-    """The JSON body of one completions or chat completions request."""
+    """The JSON body of one completions or chat completions request.
+
+    `ignore_eos_mode` says how a forced length is asked for: "fields" (min_tokens and
+    ignore_eos) or "hf-generation-config" (`transformers serve`'s generation_config string).
+    """
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
     if chat:
         body["messages"] = [{"role": "user", "content": prompt}]
@@ -123,7 +137,12 @@ def request_body(
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    if ignore_eos:
+    if ignore_eos and ignore_eos_mode == "hf-generation-config":
+        # `transformers serve` refuses unknown fields and takes a GenerationConfig as JSON text.
+        body["generation_config"] = json.dumps(
+            {"min_new_tokens": max_tokens, "max_new_tokens": max_tokens, "do_sample": temperature > 0}
+        )
+    elif ignore_eos:
         # Not in OpenAI's spec; ladle, vLLM and llama.cpp accept these to force full length.
         body["min_tokens"] = max_tokens
         body["ignore_eos"] = True

@@ -31,6 +31,7 @@ class LevelSummary:
     duration_s: float
     output_tokens_per_s: float | None
     source: str  # "samples" or "csv"
+    without_done: int = 0  # complete streams that ended without data: [DONE]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +69,7 @@ def from_samples(users: int, samples: Sequence[dict[str, Any]]) -> LevelSummary:
         duration_s=span,
         output_tokens_per_s=tokens / span if span > 0 else None,
         source="samples",
+        without_done=sum(1 for s in ok if s.get("note") == "no data: [DONE]"),
     )
 
 
@@ -119,6 +121,13 @@ def markdown(title: str, facts: Sequence[str], levels: Sequence[LevelSummary]) -
             _cell(level.output_tokens_per_s),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    odd = [
+        f"{level.without_done} of {level.requests} at {level.users} users"
+        for level in levels
+        if level.without_done
+    ]
+    if odd:
+        lines += ["", f"Streams that ended without `data: [DONE]`, timed as complete: {'; '.join(odd)}."]
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ import pytest
 from loadtest.matrix import free_port, healthy
 from loadtest.run import is_loopback, main, parse_duration, parse_users
 from loadtest.stream import SSEReader, StreamRecord, request_body
-from loadtest.summary import from_samples, from_stats_csv, percentile
+from loadtest.summary import from_samples, from_stats_csv, markdown, percentile
 from tests.tiny_models import tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,11 @@ def test_sse_reader_chat_deltas_and_failures() -> None:
     assert errored.problem() is not None and "boom" in str(errored.problem())
     cut = StreamRecord(sent_at=0.0, chat=False)
     SSEReader(cut).feed(b'data: {"choices": [{"text": "a"}]}\n\n', now=1.0)
-    assert cut.problem() == "the stream ended without data: [DONE]"
+    assert cut.problem() == "the stream ended without a finish_reason or data: [DONE]"
+    # transformers serve ends a whole answer without [DONE]: timed, and noted.
+    peer = StreamRecord(sent_at=0.0, chat=False)
+    SSEReader(peer).feed(b'data: {"choices": [{"text": "a", "finish_reason": "length"}]}\n\n', now=1.0)
+    assert peer.problem() is None and peer.note == "no data: [DONE]"
 
 
 def test_request_body_forces_length_only_when_asked() -> None:
@@ -73,6 +77,22 @@ def test_request_body_forces_length_only_when_asked() -> None:
         "p", chat=False, stream=False, model="m", max_tokens=9, temperature=0.0, ignore_eos=False
     )
     assert "stream" not in plain and "ignore_eos" not in plain and plain["prompt"] == "p"
+    peer = request_body(
+        "p",
+        chat=False,
+        stream=True,
+        model="m",
+        max_tokens=9,
+        temperature=0.0,
+        ignore_eos=True,
+        ignore_eos_mode="hf-generation-config",
+    )
+    assert "min_tokens" not in peer and "ignore_eos" not in peer
+    assert json.loads(peer["generation_config"]) == {
+        "min_new_tokens": 9,
+        "max_new_tokens": 9,
+        "do_sample": False,
+    }
 
 
 def test_summary_from_samples() -> None:
@@ -82,8 +102,11 @@ def test_summary_from_samples() -> None:
         {"start": 101.5, "latency_s": 0.5, "error": "HTTP 500", "tokens": 0},
         {"start": 102.0, "latency_s": 1.0, "error": "unfinished: the run ended first", "tokens": 0},
     ]
+    samples[1]["note"] = "no data: [DONE]"
     level = from_samples(4, samples)
     assert (level.requests, level.failures, level.unfinished, level.output_tokens) == (4, 2, 1, 20)
+    assert level.without_done == 1
+    assert "without `data: [DONE]`, timed as complete: 1 of 4 at 4 users" in markdown("t", [], [level])
     assert level.ttft_p50_ms == pytest.approx(200.0) and level.itl_p50_ms == pytest.approx(30.0)
     assert level.output_tokens_per_s == pytest.approx(20 / 4.0)  # first start 100, last end 104
     assert percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
@@ -189,3 +212,17 @@ def test_headless_run_against_tiny_server(tiny_server: str, tmp_path: Path) -> N
     assert total == level["requests"]  # the CSV holds the requests that finished in the last second too
     text = (out / "summary.md").read_text()
     assert "TTFT p50 (ms)" in text and "| 3 |" in text
+
+
+def test_a_refused_warm_up_request_is_one_line(tiny_server: str, tmp_path: Path) -> None:
+    args = ["--url", tiny_server, "--users", "1", "--duration", "1s", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest", *args, "--extra-body", '{"temperature": "hot"}'],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "warm-up request" in done.stderr and "400" in done.stderr and "temperature" in done.stderr
