@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,21 +10,15 @@ from typing import Any
 
 import torch
 
+from loadtest.run import machine
+
 
 def machine_description(device: str) -> str:
     """One line naming the processor (or GPU) that ran the benchmark."""
     if device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{machine()}, {torch.get_num_threads()} torch threads"
 
 
 @dataclass(slots=True)

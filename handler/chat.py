@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 
-from handler.generation import (
-    Generation,
-    Job,
-    PendingDelta,
-    PromptState,
-    Step,
-    UsageCounter,
-    coalesce,
-    usage_of,
-)
+from handler.generation import ChunkStream, Job, PendingDelta, PromptState, Step, usage_of
 from handler.logprobs import chat_logprobs
 from handler.replies import (
     AssistantMessage,
@@ -42,29 +33,14 @@ def chat_body(job: Job, states: Sequence[PromptState]) -> ChatCompletion:
     )
 
 
-class ChatStream:
+class ChatStream(ChunkStream[ChatCompletionChunk]):
     """Turns engine steps into chat.completion.chunk objects; each choice opens with its role."""
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.usage = UsageCounter()
-
-    async def chunks(self, generation: Generation) -> AsyncGenerator[ChatCompletionChunk, None]:
-        """A role chunk per choice, content chunks, a finish chunk per choice, then usage when asked."""
-        for index in range(self.job.n):
-            yield self._new_chunk(
-                [ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))]
-            )
-        steps = generation.steps()
-        try:
-            async for group in coalesce(steps, self.job.interval):
-                chunk = self._chunk(group)
-                if chunk.choices:
-                    yield chunk
-        finally:
-            await steps.aclose()
-        if self.job.include_usage:
-            yield self._new_chunk([], usage=True)
+    def _opening(self) -> list[ChatCompletionChunk]:
+        return [
+            self._new_chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
+            for index in range(self.job.n)
+        ]
 
     def _chunk(self, group: list[Step]) -> ChatCompletionChunk:
         pending: dict[int, PendingDelta] = {}

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 
 from backends.outputs import TokenLogprob
-from handler.generation import (
-    Generation,
-    Job,
-    PendingDelta,
-    PromptState,
-    Step,
-    UsageCounter,
-    coalesce,
-    usage_of,
-)
+from handler.generation import ChunkStream, Job, PendingDelta, PromptState, Step, usage_of
 from handler.logprobs import completion_logprobs, text_length
 from handler.replies import Completion, CompletionChoice
 
@@ -43,27 +34,13 @@ def completion_body(job: Job, states: Sequence[PromptState]) -> Completion:
     )
 
 
-class CompletionStream:
+class CompletionStream(ChunkStream[Completion]):
     """Turns engine steps into completion chunks, echoing each choice's prompt in its first chunk."""
 
     def __init__(self, job: Job) -> None:
-        self.job = job
-        self.usage = UsageCounter()
+        super().__init__(job)
         self.offsets: dict[int, int] = {}  # text_offset of each choice's next token
         self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}
-
-    async def chunks(self, generation: Generation) -> AsyncGenerator[Completion, None]:
-        """One chunk per group of steps, then the usage chunk when asked."""
-        steps = generation.steps()
-        try:
-            async for group in coalesce(steps, self.job.interval):
-                chunk = self._chunk(group)
-                if chunk.choices:
-                    yield chunk
-        finally:
-            await steps.aclose()
-        if self.job.include_usage:
-            yield self._new_chunk([], usage=True)
 
     def _chunk(self, group: list[Step]) -> Completion:
         pending: dict[int, PendingDelta] = {}

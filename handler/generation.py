@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from backends.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 from handler.replies import Usage
@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from handler.prompts import Prompt
 
 T = TypeVar("T")
+
+
+class _Chunk(Protocol):
+    @property
+    def choices(self) -> Sequence[Any]: ...
+
+
+ChunkT = TypeVar("ChunkT", bound=_Chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +209,39 @@ class UsageCounter:
         prompt = sum(self.prompt_tokens.values())
         completion = sum(self.completion_tokens.values())
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class ChunkStream(Generic[ChunkT]):
+    """Engine steps to response chunks, shared by completions and chat: the opening chunks,
+    one chunk per group of steps (grouped by COMPLETION_MAX_INTERVAL; a chunk without choices
+    is not sent), then the usage chunk when asked. Subclasses say what a chunk holds."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.usage = UsageCounter()
+
+    async def chunks(self, generation: Generation) -> AsyncGenerator[ChunkT, None]:
+        for chunk in self._opening():
+            yield chunk
+        steps = generation.steps()
+        try:
+            async for group in coalesce(steps, self.job.interval):
+                chunk = self._chunk(group)
+                if chunk.choices:
+                    yield chunk
+        finally:
+            await steps.aclose()  # at once, not at garbage collection: this aborts the requests
+        if self.job.include_usage:
+            yield self._new_chunk([], usage=True)
+
+    def _opening(self) -> list[ChunkT]:
+        return []
+
+    def _chunk(self, group: list[Step]) -> ChunkT:
+        raise NotImplementedError
+
+    def _new_chunk(self, choices: list[Any], usage: bool = False) -> ChunkT:
+        raise NotImplementedError
 
 
 def usage_of(states: Sequence[PromptState]) -> Usage:
