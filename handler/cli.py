@@ -13,12 +13,26 @@ from handler.config import OPTIONS, ConfigError, Option, Settings, parse_value, 
 log = logging.getLogger("ladle")
 
 
+EPILOG = """\
+Flags override environment variables, which override the defaults.
+
+Read from the environment only:
+  NO_PLAYGROUND=1    do not serve the playground at /
+  COMPILE=0|1        hf_bettertransformer: compile the decode step (default: on CUDA only)
+  MAX_CONTEXT=N      hf_bettertransformer: tokens per KV cache slot (default 2048 CPU, 4096 GPU)
+  MAX_MEMORY=...     hf_int8: per-device budget, e.g. 0:20GiB,1:20GiB,cpu:64GiB
+  LOAD_IN_4BIT=1     hf_int8: nf4 weights instead of LLM.int8
+  OMP_NUM_THREADS=N  as THREADS, for every OpenMP user in the process
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per setting; each help line names its environment variable and default."""
     parser = argparse.ArgumentParser(
         prog="ladle",
         description="Serve a Transformers text-generation model behind an OpenAI-compatible API.",
-        epilog="Flags override environment variables, which override the defaults.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for option in OPTIONS:
         parser.add_argument(
