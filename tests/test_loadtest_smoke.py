@@ -207,6 +207,7 @@ def test_headless_run_against_tiny_server(tiny_server: str, tmp_path: Path) -> N
     summary = json.loads((out / "summary.json").read_text())
     (level,) = summary["levels"]
     assert level["users"] == 3 and level["failures"] == 0 and level["source"] == "samples"
+    assert level["without_done"] == 0  # ladle ends every stream with data: [DONE]
     assert level["ttft_p50_ms"] > 0 and level["itl_p50_ms"] > 0 and level["output_tokens_per_s"] > 0
     total = sum(int(r["Request Count"]) for (kind, _), r in rows.items() if kind == "POST")
     assert total == level["requests"]  # the CSV holds the requests that finished in the last second too
