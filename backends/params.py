@@ -22,7 +22,7 @@ class SamplingParams:
     best_of: int | None = None
     max_tokens: int | None = 16  # None: up to the context length
     min_tokens: int = 0
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 (or below MIN_TEMPERATURE) means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 (or -1) disables
     min_p: float = 0.0
@@ -40,7 +40,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Argmax decoding: temperature 0, or one too small to divide the logits by."""
+        return self.temperature < MIN_TEMPERATURE
 
     @property
     def num_sequences(self) -> int:

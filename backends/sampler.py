@@ -41,7 +41,7 @@ from typing import Protocol
 
 import torch
 
-from backends.params import MIN_TEMPERATURE, SamplingParams
+from backends.params import SamplingParams
 
 __all__ = ["SampleResult", "Sampler", "SamplingRow", "make_generator", "wants_logprobs"]
 
@@ -330,10 +330,10 @@ class Sampler:
 
     def _choose(self, scores: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
         """Greedy rows argmax, sampled rows draw; token id per row [B]."""
-        greedy = [i for i, r in enumerate(rows) if r.params.temperature < MIN_TEMPERATURE]
+        greedy = [i for i, r in enumerate(rows) if r.params.greedy]
         if len(greedy) == len(rows):
             return scores.argmax(dim=-1)
-        sampled = [i for i, r in enumerate(rows) if r.params.temperature >= MIN_TEMPERATURE]
+        sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
         if not greedy:
             return _sample(scores, rows)
         device = scores.device

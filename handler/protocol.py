@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backends.params import MAX_TOP_K, MIN_DIVISOR, MIN_TEMPERATURE, SamplingParams
+from backends.params import MAX_TOP_K, MIN_DIVISOR, SamplingParams
 from handler.errors import APIError
 
 StopString = Annotated[str, Field(min_length=1)]
@@ -107,7 +107,7 @@ class SamplingRequest(_Strict):
             n=n,
             max_tokens=max_tokens,
             min_tokens=_or(self.min_tokens, 0),
-            temperature=_temperature(_or(self.temperature, 1.0)),
+            temperature=_or(self.temperature, 1.0),
             top_p=_or(self.top_p, 1.0),
             top_k=_or(self.top_k, 0),
             min_p=_or(self.min_p, 0.0),
@@ -273,10 +273,6 @@ def _depth(value: Any) -> int:
             )
         level = inner
     return depth
-
-
-def _temperature(value: float) -> float:
-    return 0.0 if value < MIN_TEMPERATURE else value
 
 
 def _or(value: Any, default: Any) -> Any:

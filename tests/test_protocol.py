@@ -84,6 +84,12 @@ def test_completion_fields_reach_sampling_params() -> None:
     params.validate()
 
 
+def test_a_temperature_too_small_to_divide_by_is_greedy() -> None:
+    assert completion(temperature=1e-9).sampling_params(LIMITS).greedy
+    assert completion(temperature=0).sampling_params(LIMITS).greedy
+    assert not completion(temperature=1e-3).sampling_params(LIMITS).greedy
+
+
 def test_null_means_default() -> None:
     params = completion(temperature=None, top_p=None, n=None, stop=None, max_tokens=None).sampling_params(
         LIMITS
