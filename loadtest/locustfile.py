@@ -31,7 +31,14 @@ from locust.env import Environment
 
 # Locust puts this file's folder on sys.path, not the repository root that holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadtest.stream import IGNORE_EOS_MODES, PROMPTS, SSEReader, StreamRecord, request_body
+from loadtest.stream import (
+    DEFAULT_REQUEST_OPTIONS,
+    PROMPTS,
+    SSEReader,
+    StreamRecord,
+    add_request_options,
+    body_from_options,
+)
 
 METRIC = "METRIC"
 UNFINISHED = "unfinished: the run ended before the response did"
@@ -43,23 +50,7 @@ _model_id: dict[str, str] = {}
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     group = parser.add_argument_group("ladle load test")
-    group.add_argument("--model", default="", help="the request's model field; default: first of /v1/models")
-    group.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request")
-    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
-    group.add_argument(
-        "--ignore-eos",
-        action="store_true",
-        default=False,
-        help="force max_tokens tokens (sends min_tokens and ignore_eos, which ladle and vLLM accept)",
-    )
-    group.add_argument(
-        "--ignore-eos-mode",
-        choices=IGNORE_EOS_MODES,
-        default=IGNORE_EOS_MODES[0],
-        help="how --ignore-eos is sent: min_tokens and ignore_eos fields, or transformers serve's"
-        " generation_config",
-    )
-    group.add_argument("--extra-body", default="", help="JSON object merged into every request body")
+    add_request_options(group)
     group.add_argument(
         "--api-key", default="", env_var="LOADTEST_API_KEY", help="bearer key, if the server wants one"
     )
@@ -164,16 +155,12 @@ class OpenAIUser(User):
     def _body(self) -> dict[str, Any]:
         options = self.environment.parsed_options
         prompt = PROMPTS[next(_prompt_index) % len(PROMPTS)]
-        return request_body(
+        return body_from_options(
+            options or DEFAULT_REQUEST_OPTIONS,
             prompt,
             chat=self.chat,
             stream=self.stream,
             model=self._model(),
-            max_tokens=options.max_tokens if options else 64,
-            temperature=options.temperature if options else 0.0,
-            ignore_eos=bool(options and options.ignore_eos),
-            extra=json.loads(options.extra_body) if options and options.extra_body else None,
-            ignore_eos_mode=options.ignore_eos_mode if options else IGNORE_EOS_MODES[0],
         )
 
     def _model(self) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from loadtest.stream import IGNORE_EOS_MODES, PROMPTS, request_body
+from loadtest.stream import PROMPTS, add_request_options, body_from_options
 from loadtest.summary import LevelSummary, from_samples, from_stats_csv, markdown, read_samples
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -88,20 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=USER_CLASSES[0],
         help=f"comma-separated Locust user classes: {', '.join(USER_CLASSES)}",
     )
-    parser.add_argument("--model", default="", help="the model field; default: first of /v1/models")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument(
-        "--ignore-eos", action="store_true", help="force max_tokens (min_tokens + ignore_eos)"
-    )
-    parser.add_argument(
-        "--ignore-eos-mode",
-        choices=IGNORE_EOS_MODES,
-        default=IGNORE_EOS_MODES[0],
-        help="how --ignore-eos is sent: fields (ladle, vLLM, llama.cpp) or hf-generation-config"
-        " (transformers serve)",
-    )
-    parser.add_argument("--extra-body", default="", help="JSON object merged into every request body")
+    add_request_options(parser)
     parser.add_argument("--api-key", default=os.environ.get("LOADTEST_API_KEY", ""), help="bearer key")
     parser.add_argument(
         "--warmup", type=int, default=2, help="unmeasured requests sent one by one before the first run (2)"
@@ -132,17 +119,7 @@ def warm_up(args: argparse.Namespace) -> None:
     """Unmeasured requests first, so lazy start-up work (first forward, allocations) is not in
     the numbers; the yardstick does the same."""
     chat = args.user_class.split(",")[0].strip() == "StreamingChatUser"
-    body = request_body(
-        PROMPTS[0],
-        chat=chat,
-        stream=False,
-        model=args.model,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        ignore_eos=args.ignore_eos,
-        extra=json.loads(args.extra_body) if args.extra_body else None,
-        ignore_eos_mode=args.ignore_eos_mode,
-    )
+    body = body_from_options(args, PROMPTS[0], chat=chat, stream=False, model=args.model)
     url = args.url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
     request = urllib.request.Request(
         url,

@@ -10,6 +10,7 @@ tools mean the same thing:
 from __future__ import annotations
 
 import json
+from argparse import ArgumentParser, Namespace
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,51 @@ class SSEReader:
 
 
 IGNORE_EOS_MODES = ("fields", "hf-generation-config")
+
+
+def add_request_options(parser: Any) -> None:
+    """The options that shape every request body: the runner and the locustfile take the same."""
+    parser.add_argument("--model", default="", help="the request's model field; default: first of /v1/models")
+    parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    parser.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        default=False,
+        help="force max_tokens tokens (see --ignore-eos-mode for how)",
+    )
+    parser.add_argument(
+        "--ignore-eos-mode",
+        choices=IGNORE_EOS_MODES,
+        default=IGNORE_EOS_MODES[0],
+        help="how --ignore-eos is sent: fields (min_tokens and ignore_eos, which ladle, vLLM and"
+        " llama.cpp accept) or hf-generation-config (transformers serve's generation_config)",
+    )
+    parser.add_argument("--extra-body", default="", help="JSON object merged into every request body")
+
+
+def _defaults() -> Namespace:
+    parser = ArgumentParser(add_help=False)
+    add_request_options(parser)
+    return parser.parse_args([])
+
+
+DEFAULT_REQUEST_OPTIONS = _defaults()
+
+
+def body_from_options(options: Any, prompt: str, *, chat: bool, stream: bool, model: str) -> dict[str, Any]:
+    """request_body with the fields add_request_options parsed into `options`."""
+    return request_body(
+        prompt,
+        chat=chat,
+        stream=stream,
+        model=model,
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        ignore_eos=options.ignore_eos,
+        extra=json.loads(options.extra_body) if options.extra_body else None,
+        ignore_eos_mode=options.ignore_eos_mode,
+    )
 
 
 def request_body(

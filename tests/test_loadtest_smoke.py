@@ -20,7 +20,13 @@ import pytest
 
 from loadtest.matrix import free_port, healthy
 from loadtest.run import is_loopback, main, parse_duration, parse_users
-from loadtest.stream import SSEReader, StreamRecord, request_body
+from loadtest.stream import (
+    DEFAULT_REQUEST_OPTIONS,
+    SSEReader,
+    StreamRecord,
+    body_from_options,
+    request_body,
+)
 from loadtest.summary import from_samples, from_stats_csv, markdown, percentile
 from tests.tiny_models import tiny_model_dir
 
@@ -77,6 +83,8 @@ def test_request_body_forces_length_only_when_asked() -> None:
         "p", chat=False, stream=False, model="m", max_tokens=9, temperature=0.0, ignore_eos=False
     )
     assert "stream" not in plain and "ignore_eos" not in plain and plain["prompt"] == "p"
+    defaults = body_from_options(DEFAULT_REQUEST_OPTIONS, "p", chat=False, stream=False, model="m")
+    assert defaults == {**plain, "max_tokens": 64}
     peer = request_body(
         "p",
         chat=False,
