@@ -61,6 +61,17 @@ class LiveServer:
         self.thread.join(timeout=30)
         self.socket.close()
 
+    @contextlib.contextmanager
+    def running(self, healthy: bool = True) -> Iterator[LiveServer]:
+        """Start, wait for /health to answer 200 unless told not to, and stop whatever happens."""
+        self.start()
+        try:
+            if healthy:
+                self.wait_healthy()
+            yield self
+        finally:
+            self.stop()
+
 
 def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
     """Poll `condition` until it holds; fail after `timeout` seconds (a bound, not a measurement)."""
@@ -77,14 +88,8 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """Start a server (a fake model unless `loader` says otherwise); stop it on exit."""
     app = create_app(settings or Settings(), loader=loader or fake_loader())
-    server = LiveServer(app)
-    server.start()
-    try:
-        if healthy:
-            server.wait_healthy()
+    with LiveServer(app).running(healthy) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def sse_events(raw: str) -> list[str]:

@@ -22,6 +22,7 @@ import uvicorn
 from handler.app import create_app
 from handler.config import Settings
 from handler.served import load_served_model
+from handler.server import DrainingServer
 from reliability.live import single_thread
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.tiny_models import tiny_model_dir
@@ -339,14 +340,11 @@ async def test_a_request_whose_setup_fails_fails_alone(monkeypatch: pytest.Monke
 @contextlib.contextmanager
 def draining_server(settings: Settings) -> Iterator[tuple[Any, str, threading.Thread]]:
     """The CLI's server class on 127.0.0.1, in a thread; handle_exit() is what SIGTERM calls."""
-    draining = getattr(pytest.importorskip("handler.server"), "DrainingServer", None)
-    if draining is None:
-        pytest.skip("handler.server has no DrainingServer")
     app = create_app(settings, loader=load_served_model)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
-    server = draining(config, app.state.ladle)
+    server = DrainingServer(config, app.state.ladle)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

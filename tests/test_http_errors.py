@@ -215,12 +215,8 @@ def test_load_failure_is_reported() -> None:
     from handler.app import create_app
 
     app = create_app(Settings(), loader=broken_loader, on_load_error=failures.append)
-    live = LiveServer(app)
-    live.start()
-    try:
+    with LiveServer(app).running(healthy=False) as live:
         wait_until(lambda: bool(failures), 30, "the load failure was not reported")
         assert httpx.get(live.url + "/health").json() == {"status": "failed"}
         error = assert_error(httpx.post(live.url + "/v1/completions", json={"prompt": "x"}), 503)
         assert "no such model" in error["message"]
-    finally:
-        live.stop()

@@ -39,12 +39,8 @@ def limited_server(
     if send_buffer is not None:
         # Accepted sockets inherit the listening socket's buffer size: a stalled reader blocks sends soon.
         server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-    server.start()
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        server.stop()
+    with server.running() as live:
+        yield live
 
 
 def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:

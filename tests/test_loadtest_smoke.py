@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.matrix import free_port, healthy
+from loadtest.matrix import free_port, healthy, stop_server
 from loadtest.run import is_loopback, main, parse_duration, parse_users
 from loadtest.stream import (
     DEFAULT_REQUEST_OPTIONS,
@@ -150,8 +150,6 @@ def test_runner_arguments_and_remote_guard(capsys: pytest.CaptureFixture[str]) -
 @pytest.fixture(scope="module")
 def tiny_server() -> Iterator[str]:
     """`python -m handler` serving the tiny Llama on a free loopback port."""
-    if importlib.util.find_spec("handler.cli") is None:
-        pytest.skip("handler not available")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -176,12 +174,7 @@ def tiny_server() -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 @pytest.mark.timeout(300)

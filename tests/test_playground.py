@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import time
 from collections.abc import Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from handler import playground
 from handler.app import create_app
 from handler.config import Settings
 from handler.served import load_served_model
-from tests.conftest_http import LiveServer, wait_until
+from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.fake_engine import fake_loader
 from tests.tiny_models import tiny_model_dir
 
@@ -92,40 +89,12 @@ def _serves_playground(app: Starlette) -> bool:
 
 
 def test_app_leaves_the_playground_out_with_no_playground(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _serves_playground(create_app(Settings(), loader=fake_loader())):
-        pytest.skip("handler/app.py does not mount the playground yet")
+    assert _serves_playground(create_app(Settings(), loader=fake_loader()))
     monkeypatch.setenv("NO_PLAYGROUND", "1")
     assert not _serves_playground(create_app(Settings(), loader=fake_loader()))
 
 
 # -- the page in a real browser ---------------------------------------------------------------
-
-
-def playground_app(settings: Settings) -> Starlette:
-    """The real app; until create_app mounts the playground, the page is served in front of it."""
-    app = create_app(settings, loader=load_served_model)
-    if _serves_playground(app):
-        return app
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> Any:
-        async with app.router.lifespan_context(app):
-            yield
-
-    outer = Starlette(routes=[*playground.routes(), Mount("/", app=app)], lifespan=lifespan)
-    outer.state.ladle = app.state.ladle
-    return outer
-
-
-@contextlib.contextmanager
-def running(settings: Settings) -> Iterator[LiveServer]:
-    server = LiveServer(playground_app(settings))
-    server.start()
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +113,7 @@ def browser() -> Iterator[Any]:
 def server(browser: Any) -> Iterator[LiveServer]:
     # One sequence at a time: a request served after Stop proves the stopped one freed its place.
     settings = Settings(model=str(tiny_model_dir("llama")), served_model_name="tiny", max_batch_size=1)
-    with running(settings) as live:
+    with live_server(settings, loader=load_served_model) as live:
         yield live
 
 
@@ -446,7 +415,7 @@ def test_api_errors_are_shown_readably(tab: Page) -> None:
 
 def test_api_key_field_when_the_server_requires_one(browser: Any) -> None:
     settings = Settings(model=str(tiny_model_dir("llama")), served_model_name="locked", api_key=API_KEY)
-    with running(settings) as locked:
+    with live_server(settings, loader=load_served_model) as locked:
         tab = Page(browser, locked.url)
         page = tab.open()
         expect(page.locator("#server-text")).to_have_text("API key needed")
