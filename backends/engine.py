@@ -124,8 +124,7 @@ class EngineCore:
         if any(not 0 <= t < self.info.vocab_size for t in prompt):
             raise InvalidRequestError("the prompt holds token ids outside the vocabulary", param="prompt")
         context = self.info.context_length
-        # A decoder-only prompt must leave room for one token; an encoder prompt only has to fit.
-        room = context - 1 if self.info.is_encoder_decoder else context - len(prompt)
+        room = self._room(prompt)  # a decoder-only prompt must leave room for one token
         if len(prompt) > context or room < 1:
             raise ContextLengthError(
                 f"the prompt has {len(prompt)} tokens; this model's context length is {context}",
@@ -137,6 +136,12 @@ class EngineCore:
                 f"max_tokens={params.max_tokens} were asked"
             )
         return prompt
+
+    def _room(self, prompt: list[int]) -> int:
+        """Tokens a sequence may generate: what the context leaves after a decoder-only prompt;
+        an encoder-decoder's prompt has the encoder to itself, and the decoder starts with one."""
+        context = self.info.context_length
+        return context - 1 if self.info.is_encoder_decoder else context - len(prompt)
 
     # -- the step (one thread at a time) --------------------------------------------------------
 
@@ -190,12 +195,8 @@ class EngineCore:
     def _make_sequences(self, request: Request) -> None:
         params, info = request.params, self.info
         start = next((t for t in (info.decoder_start_token_id, info.bos_token_id) if t is not None), 0)
-        if info.is_encoder_decoder:
-            max_tokens = min(params.max_tokens or info.context_length, info.context_length - 1)
-        else:
-            max_tokens = min(
-                params.max_tokens or info.context_length, info.context_length - len(request.prompt_ids)
-            )
+        room = self._room(request.prompt_ids)
+        max_tokens = min(params.max_tokens or room, room)
         for index in range(params.num_sequences):
             if info.is_encoder_decoder:
                 seq = Seq(self._next_seq_id, [start], encoder_ids=request.prompt_ids)

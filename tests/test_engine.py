@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from backends.async_engine import AsyncEngine
 from backends.engine import EngineCore, StepResult
@@ -215,6 +216,28 @@ def test_echo_prompt_logprobs_come_first() -> None:
     assert first.prompt_logprobs[0].logprob is None
     assert first.prompt_logprobs[1].logprob == pytest.approx(first.prompt_logprobs[1].top[0].logprob)
     assert run_to_end(core)[-1].outputs[0].prompt_logprobs is None
+
+
+def test_echo_prompt_logprobs_match_the_scores_for_any_prompt_length() -> None:
+    backend = FakeBackend()
+    core = EngineCore(backend)
+    ids = [10, 11, 12, 13]
+    core.add_request(ids, greedy(max_tokens=1, echo=True, logprobs=3))
+    entries = core.step().outputs[0].prompt_logprobs
+    assert entries is not None
+    expected = torch.log_softmax(backend.score(ids).float(), dim=-1)
+    for pos in range(1, len(ids)):
+        assert entries[pos].logprob == pytest.approx(expected[pos - 1, ids[pos]].item())
+        best = torch.topk(expected[pos - 1], 3)
+        assert [t.token_id for t in entries[pos].top] == best.indices.tolist()
+        assert [t.logprob for t in entries[pos].top] == pytest.approx(best.values.tolist())
+    run_to_end(core)
+    core.add_request([10], greedy(max_tokens=1, echo=True, logprobs=0))  # nothing to score
+    (alone,) = core.step().outputs[0].prompt_logprobs or []
+    assert (alone.token_id, alone.logprob, alone.top) == (10, None, [])
+    core.add_request(ids, greedy(max_tokens=1, echo=True, logprobs=0))
+    entries = core.step().outputs[0].prompt_logprobs or []
+    assert [e.top for e in entries] == [[]] * 4 and all(e.logprob is not None for e in entries[1:])
 
 
 async def test_async_engine_streams_and_cancels() -> None:
