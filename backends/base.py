@@ -33,6 +33,14 @@ class ModelInfo:
     dtype: str = "float32"
     created: int = 0
 
+    def generation_room(self, prompt_tokens: int) -> int:
+        """Tokens a sequence may generate after a prompt of this length: what the context leaves
+        after a decoder-only prompt; an encoder-decoder's prompt has the encoder to itself, and
+        its decoder starts with one token."""
+        if self.is_encoder_decoder:
+            return self.context_length - 1
+        return self.context_length - prompt_tokens
+
 
 @dataclass(slots=True, eq=False)
 class Seq:

@@ -124,7 +124,7 @@ class EngineCore:
         if any(not 0 <= t < self.info.vocab_size for t in prompt):
             raise InvalidRequestError("the prompt holds token ids outside the vocabulary", param="prompt")
         context = self.info.context_length
-        room = self._room(prompt)  # a decoder-only prompt must leave room for one token
+        room = self.info.generation_room(len(prompt))  # a decoder-only prompt must leave room for one
         if len(prompt) > context or room < 1:
             raise ContextLengthError(
                 f"the prompt has {len(prompt)} tokens; this model's context length is {context}",
@@ -136,12 +136,6 @@ class EngineCore:
                 f"max_tokens={params.max_tokens} were asked"
             )
         return prompt
-
-    def _room(self, prompt: list[int]) -> int:
-        """Tokens a sequence may generate: what the context leaves after a decoder-only prompt;
-        an encoder-decoder's prompt has the encoder to itself, and the decoder starts with one."""
-        context = self.info.context_length
-        return context - 1 if self.info.is_encoder_decoder else context - len(prompt)
 
     # -- the step (one thread at a time) --------------------------------------------------------
 
@@ -195,7 +189,7 @@ class EngineCore:
     def _make_sequences(self, request: Request) -> None:
         params, info = request.params, self.info
         start = next((t for t in (info.decoder_start_token_id, info.bos_token_id) if t is not None), 0)
-        room = self._room(request.prompt_ids)
+        room = info.generation_room(len(request.prompt_ids))
         max_tokens = min(params.max_tokens or room, room)
         for index in range(params.num_sequences):
             if info.is_encoder_decoder:

@@ -57,7 +57,6 @@ class OpenAIService:
         self.model = model
         self.name = settings.served_model_name or model.info.name
         self.created = model.info.created or int(time.time())
-        # getattr: these two settings arrive with the config change that adds them.
         self.limits = Limits(
             max_tokens=settings.completion_max_tokens,
             max_n=settings.completion_max_n,
@@ -148,13 +147,12 @@ class OpenAIService:
             raise from_engine_error(exc) from None
 
     def _params_for(self, job: Job, share: int) -> Callable[[Prompt], SamplingParams]:
-        params = job.params
-        context = self.model.info.context_length
+        params, info = job.params, self.model.info
 
         def params_for(prompt: Prompt) -> SamplingParams:
             if params.max_tokens is not None:
                 return params
-            room = context - len(prompt.token_ids)
+            room = info.generation_room(len(prompt.token_ids))
             # max_tokens null: up to the context, within the server's limits (no room: the engine says so).
             max_tokens = min(room, self.limits.max_tokens, share) if room > 0 else None
             return dataclasses.replace(params, max_tokens=max_tokens)

@@ -104,7 +104,7 @@ class FakeStream:
         choice.tokens.append(token)
         choice.cumulative += logprob
         text = engine.tokenizer.decode(choice.tokens)
-        limit = params.max_tokens or engine.info.context_length - len(self.prompt)
+        limit = params.max_tokens or engine.info.generation_room(len(self.prompt))
         hits = [text.find(stop) for stop in params.stop if stop in text]
         if hits:
             text, choice.finish_reason = text[: min(hits)], "stop"
@@ -193,7 +193,7 @@ class FakeEngine:
         prompt = list(prompt_ids) or [self.info.bos_token_id or 0]
         if "CRASH" in self.tokenizer.decode(prompt):
             raise RuntimeError("secret internal detail")
-        room = self.info.context_length - len(prompt)
+        room = self.info.generation_room(len(prompt))
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
             raise ContextLengthError(
                 f"prompt of {len(prompt)} tokens and max_tokens={params.max_tokens} do not fit"
@@ -227,6 +227,7 @@ class FakeModel:
         name: str = "fake-model",
         context_length: int = 256,
         chat_template: str | None = CHAT_TEMPLATE,
+        is_encoder_decoder: bool = False,
         **engine_options: Any,
     ) -> None:
         self.tokenizer = fake_tokenizer(chat_template)
@@ -236,6 +237,7 @@ class FakeModel:
             vocab_size=len(self.tokenizer),
             eos_token_ids=frozenset({self.tokenizer.eos_token_id}),
             bos_token_id=self.tokenizer.bos_token_id,
+            is_encoder_decoder=is_encoder_decoder,
             created=1700000000,
         )
         self.engine = FakeEngine(self.tokenizer, self.info, **engine_options)

@@ -10,6 +10,7 @@ import pytest
 
 from handler.config import Settings
 from tests.conftest_http import LiveServer, live_server
+from tests.fake_engine import fake_loader
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,16 @@ def test_max_tokens_null_runs_to_the_context(server: LiveServer) -> None:
     prompt_tokens = result["usage"]["prompt_tokens"]
     assert result["usage"]["completion_tokens"] == server.model.info.context_length - prompt_tokens
     assert result["choices"][0]["finish_reason"] == "length"
+
+
+def test_max_tokens_null_on_an_encoder_decoder_runs_to_the_decoder_context() -> None:
+    # The prompt goes to the encoder: it takes nothing from the decoder's context.
+    with live_server(loader=fake_loader(is_encoder_decoder=True, eos_after=10_000)) as live:
+        body = {"prompt": "Hi there, a prompt of a few tokens", "max_tokens": None, "ignore_eos": True}
+        result = httpx.post(live.url + "/v1/completions", json=body, timeout=60).json()
+        context = live.model.info.context_length
+    assert result["usage"]["prompt_tokens"] > 1
+    assert result["usage"]["completion_tokens"] == context - 1
 
 
 def test_eos_min_tokens_and_ignore_eos(client: openai.OpenAI) -> None:
