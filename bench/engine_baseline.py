@@ -1,6 +1,6 @@
 """Engine vs raw `model.generate` on one model: decode tokens/s at batch 1 and 16, and peak RSS.
 
-    python bench/engine_baseline.py [--model PATH] [--tokens 64] [--rss-length 512]
+    python -m bench.engine_baseline [--model PATH] [--tokens 64] [--rss-length 512]
 
 Generation is forced to full length (ignore_eos / min_new_tokens); each figure is the best
 of a few rounds after a warm-up, so a noisy neighbour costs as little as possible.

@@ -1,6 +1,6 @@
 """HTTP overhead at one request at a time: TTFT and non-streaming latency, engine vs server.
 
-    python bench/http_overhead.py [--model PATH] [--rounds 10]
+    python -m bench.http_overhead [--model PATH] [--rounds 10]
 
 Starts the real server (`python -m handler`) on 127.0.0.1, measures it with httpx, stops
 it, then measures the engine alone on the same model in this process. Medians of
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,16 +22,11 @@ import httpx
 
 from backends.library import load_model
 from backends.params import SamplingParams
+from loadtest.matrix import free_port, healthy
 
 # A prompt whose first greedy token is text: with one whose first token is special (EOS under
 # ignore_eos), the first visible text only comes a step later on both sides.
 PROMPT = "The three primary colours are"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def server_figures(base: str, tokens: int, rounds: int) -> dict[str, float]:
@@ -94,11 +88,8 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
+            if healthy(base):
+                break
             time.sleep(0.5)
         server = server_figures(base, args.tokens, args.rounds)
     finally:

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from loadtest.matrix import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GAUGES = ("ladle_running_sequences", "ladle_queue_depth", "ladle_requests_in_flight")
@@ -101,13 +102,6 @@ def slope_per_min(points: list[tuple[float, float]]) -> float:
     var = sum((t - mean_t) ** 2 for t, _ in points)
     cov = sum((t - mean_t) * (y - mean_y) for t, y in points)
     return 60.0 * cov / var if var else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.matrix import free_port
 from tests.conftest_http import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +34,11 @@ SERVER = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def server_process(
     drain_timeout: int, load_delay: float = 0, healthy: bool = True
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "HOST": "127.0.0.1",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 
 from handler.config import Settings
 from handler.served import load_served_model
+from loadtest.matrix import free_port
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.tiny_models import tiny_model_dir
 
@@ -138,15 +138,8 @@ def test_disconnect_frees_the_engine(server: LiveServer) -> None:
     assert engine.steps - steps_before < 1000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_cli_serves_with_env_and_flags() -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MODEL": str(tiny_model_dir("llama")), "API_KEY": "k-123", "LOG_LEVEL": "warning"}
     command = [
         sys.executable,
@@ -184,7 +177,7 @@ def test_cli_serves_with_env_and_flags() -> None:
 
 def test_cli_exits_when_the_model_cannot_load(tmp_path: Path) -> None:
     env = {**os.environ, "MODEL": str(tmp_path / "missing-model")}
-    command = [sys.executable, "-m", "handler", "--host", "127.0.0.1", "--port", str(_free_port())]
+    command = [sys.executable, "-m", "handler", "--host", "127.0.0.1", "--port", str(free_port())]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=120)
     assert result.returncode == 1
     assert b"Traceback" not in result.stderr
