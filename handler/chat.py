@@ -51,9 +51,9 @@ class ChatStream(ChunkStream[ChatCompletionChunk]):
                 entry.add(delta)
         choices: list[ChatChunkChoice] = []
         for index, entry in sorted(pending.items()):
-            text = "".join(entry.text)
-            if not text and not entry.logprobs and entry.finish_reason is None:
+            if entry.empty:
                 continue
+            text = "".join(entry.text)
             choices.append(
                 ChatChunkChoice(
                     index=index,

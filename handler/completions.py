@@ -64,9 +64,9 @@ class CompletionStream(ChunkStream[Completion]):
             entry.logprobs.extend(self.prompt_logprobs.get(prompt_index, []))
 
     def _choice(self, index: int, entry: PendingDelta) -> CompletionChoice | None:
-        text = "".join(entry.text)
-        if not text and not entry.logprobs and entry.finish_reason is None:
+        if entry.empty:
             return None
+        text = "".join(entry.text)
         logprobs = None
         if self.job.logprobs:
             logprobs = completion_logprobs(entry.logprobs, self.offsets[index])
