@@ -10,7 +10,7 @@ STAMP := $(VENV)/.ladle-installed
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,bench,loadtest,int8
 
-.PHONY: serve test lint typecheck unit bench loadtest loadtest-table gpu-check clean install browser
+.PHONY: serve test lint typecheck unit bench loadtest loadtest-table gpu-check gpu-wheels gpu-smoke clean install browser
 
 install: $(STAMP)
 
@@ -55,6 +55,20 @@ loadtest-table: $(STAMP)
 
 gpu-check: $(STAMP)
 	$(BIN)/python -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# The wheels a GPU machine's image lacks (bench/gpu_wheels.txt), for its Python 3.12 on x86-64,
+# into .whl/ (git-ignored; the device call carries it); then pins and the 64 MiB carry limit.
+WHEEL_DIR ?= .whl
+WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
+	manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(addprefix --platform ,$(WHEEL_PLATFORMS)) -d $(WHEEL_DIR) -r bench/gpu_wheels.txt
+	$(PYTHON) -m bench.gpu_wheels carry --wheels $(WHEEL_DIR)
+
+# bench/gpu_run.sh's steps on CPU, on the tiny shape: what the GPU machine will run, in a minute.
+gpu-smoke: $(STAMP)
+	PYTHON=$(BIN)/python WHEELS=$${WHEELS:-/nonexistent} bench/gpu_run.sh smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

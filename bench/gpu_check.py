@@ -1,24 +1,27 @@
-"""GPU check: every backend on a realistic random-weight model, in one bounded run and one table.
+"""GPU check: every backend on a realistic random-weight model, with pass/fail targets, in one
+bounded run and one report.
 
-    python -m bench.gpu_check --config llama-1b --out $OUT/gpu_check.json   # on a CUDA machine
-    python -m bench.gpu_check --config tiny                                  # CPU smoke run
+    bench/gpu_run.sh                                  # on the GPU machine: install the wheels, run this
+    python -m bench.gpu_check --config llama-1b       # on a CUDA machine with ladle's dependencies
+    python -m bench.gpu_check --config tiny           # CPU smoke run
 
 Needs no network and no checkpoint: the model is built from a config with seeded random
 weights (speed does not depend on the values; generation is forced to full length). For each
 of hf_eager, hf_bettertransformer and hf_int8 (skipped with the reason when it cannot load) it
-measures load time, weight bytes, weight memory, TTFT for 128- and 512-token prompts, decode
-tokens/s with 1 and 16 sequences and peak GPU memory; and it checks greedy agreement with the
-first backend (hf_eager): free-running sequences, and teacher-forced top-1 agreement and logit
-error on the reference's tokens. A float32 model checks that hf_bettertransformer matches
-hf_eager exactly. Phases that would overrun --budget-s (400 s, so a llama-1b run ends inside
-8 minutes) are skipped and say so.
-Exit status: 0 when every agreement check that ran passed, 1 otherwise.
+measures load time, weight bytes and memory, TTFT, decode tokens/s with 1 and 16 sequences and
+peak GPU memory, and checks greedy agreement with the first backend (hf_eager): free-running
+sequences, and teacher-forced top-1 agreement and logit error on the reference's tokens. A
+float32 model checks that hf_bettertransformer matches hf_eager exactly. Then ladle's HTTP
+server serves the model and is loaded at 1 and 16 streams (`bench.gpu_http`), with one request
+per feature probe (`bench.gpu_features`). The targets (`bench.gpu_targets`) judge the metrics.
+Phases that would overrun --budget-s are skipped and say so. The JSON and its Markdown twin
+are rewritten after every phase.
+Exit status: 0 when no target failed and nothing raised, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import statistics
@@ -27,15 +30,19 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.agreement import Agreement, Reference, compare, reference_from
+from bench import gpu_report
+from bench.agreement import Reference, compare, reference_from
+from bench.gpu_args import parse_args
+from bench.gpu_http import HttpPlan, run_http
+from bench.gpu_report import CheckReport
+from bench.gpu_targets import quantised_bytes, speedups
 from bench.harness import (
-    BACKENDS,
     BackendUnavailable,
     DecodeRun,
     copy_bandwidth,
@@ -49,13 +56,14 @@ from bench.harness import (
     weight_bytes,
 )
 from bench.report import BackendResult, BenchReport, machine_description
-from bench.shapes import SHAPES, build_checkpoint
+from bench.shapes import build_checkpoint
 
 log = logging.getLogger("ladle.bench")
 
-# The slot cache of hf_bettertransformer compiles one decode graph per power-of-two width up to
-# its context cap; 1024 columns hold every sequence here and keep start-up inside the budget.
-BACKEND_OPTIONS: dict[str, dict[str, Any]] = {"hf_bettertransformer": {"max_context": 1024}}
+# hf_bettertransformer compiles one decode graph per attended width up to its context cap
+# (256, 1024, 4096, ...): --max-context 256 is one compile, and holds every sequence here but
+# a 512-token TTFT prompt.
+DEFAULT_MAX_CONTEXT = 1024
 AGREE_PROMPTS = 4
 AGREE_PROMPT_LENGTH = 128
 DECODE_PROMPT_LENGTH = 128
@@ -73,71 +81,6 @@ class Budget:
 
     def allows(self, estimate: float) -> bool:
         return self.left() > estimate
-
-
-@dataclass(slots=True)
-class CheckReport:
-    """Everything the run found: speed per backend (BenchReport) and agreement per backend."""
-
-    bench: BenchReport
-    config: str
-    versions: dict[str, str]
-    build_s: float = 0.0
-    weight_memory_bytes: dict[str, int] = field(default_factory=dict)
-    agreement: dict[str, Agreement] = field(default_factory=dict)
-    exact_float32: dict[str, Agreement] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
-
-    def passed(self) -> bool:
-        checks = [*self.agreement.values(), *self.exact_float32.values()]
-        return all(a.passed for a in checks) and not self.errors
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", default="llama-1b", help=f"{', '.join(SHAPES)} or a config .json")
-    parser.add_argument(
-        "--backends", default=",".join(BACKENDS), help="comma-separated, first is the reference"
-    )
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--tokens", type=int, default=None, help="decode tokens per run (128; tiny: 16)")
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds after one warm-up round")
-    parser.add_argument("--agree-tokens", type=int, default=32, help="greedy tokens compared per prompt")
-    parser.add_argument(
-        "--exact-config",
-        default=None,
-        help="shape of the float32 exactness check when --dtype is not float32 (default smollm2-135m; 'none' skips)",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument(
-        "--budget-s", type=float, default=400.0, help="start no phase that would end after this (400)"
-    )
-    parser.add_argument("--out", default="artifacts/gpu_check.json", help="JSON results path")
-    args = parser.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    args.tokens = args.tokens or (16 if args.config == "tiny" else 128)
-    # A float32 run already holds hf_bettertransformer to the exact rule.
-    args.exact_config = args.exact_config or ("none" if args.dtype == "float32" else "smollm2-135m")
-    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    return args
-
-
-def versions() -> dict[str, str]:
-    found = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for name in ("transformers", "bitsandbytes", "accelerate"):
-        try:
-            found[name] = __import__(name).__version__
-        except Exception as exc:  # a missing optional package is a fact to report
-            found[name] = f"unavailable ({type(exc).__name__})"
-    if torch.cuda.is_available():
-        found["cuda"] = str(torch.version.cuda)
-    return found
 
 
 def median_seconds(
@@ -163,9 +106,9 @@ def synchronize_all() -> None:
 
 
 def measure(model: Any, result: BackendResult, args: argparse.Namespace, budget: Budget) -> None:
-    """TTFT at 128 and 512 prompt tokens, then decode tokens/s at 1 and 16 sequences."""
+    """TTFT at each --ttft-lengths prompt length, then decode tokens/s at 1 and 16 sequences."""
     core = model.core
-    for length in (128, 512):
+    for length in args.ttft_lengths:
         if not budget.allows(30):
             result.notes.append(f"TTFT {length} skipped: time budget")
             continue
@@ -203,7 +146,7 @@ def check_backend(
     before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
     start = time.perf_counter()
     try:
-        model = load_subject(name, source, args.dtype, args.device, **BACKEND_OPTIONS.get(name, {}))
+        model = load_subject(name, source, args.dtype, args.device, **backend_options(name, args))
     except BackendUnavailable as exc:
         report.bench.skipped[name] = str(exc)
         print(f"[gpu_check] skip {exc}", flush=True)
@@ -214,6 +157,8 @@ def check_backend(
     result.weight_bytes = weight_bytes(model.backend)
     if torch.cuda.is_available():
         report.weight_memory_bytes[name] = torch.cuda.memory_allocated() - before
+    if name == "hf_int8":
+        report.metrics.update(quantised_bytes(model.backend.model))
     print(f"[gpu_check] {name}: loaded in {result.load_s:.1f} s", flush=True)
     try:
         prompts = decode_prompts(model.core, AGREE_PROMPTS, AGREE_PROMPT_LENGTH)
@@ -234,6 +179,10 @@ def check_backend(
     return reference
 
 
+def backend_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_context": args.max_context} if name == "hf_bettertransformer" else {}
+
+
 def tolerance_for(name: str, dtype: str) -> str:
     """Which agreement rule applies: exact for the fused path in float32, else bounded."""
     if name == "hf_int8":
@@ -245,8 +194,8 @@ def exactness(args: argparse.Namespace, report: CheckReport, folder: Path, budge
     """hf_bettertransformer must match hf_eager token for token on a float32 model."""
     if args.exact_config == "none" or not {"hf_eager", "hf_bettertransformer"} <= set(args.backends):
         return
-    if not budget.allows(150):
-        report.notes.append("float32 exactness check skipped: time budget")
+    if not budget.allows(60):
+        report.skipped_metrics["exact_float32.hf_bettertransformer"] = "time budget"
         return
     source = str(build_checkpoint(args.exact_config, folder / "exact", "float32", args.device))
     reference: Reference | None = None
@@ -255,7 +204,7 @@ def exactness(args: argparse.Namespace, report: CheckReport, folder: Path, budge
         try:
             model = load_subject(name, source, "float32", args.device, **options)
         except BackendUnavailable as exc:
-            report.notes.append(f"float32 exactness check skipped: {exc}")
+            report.skipped_metrics["exact_float32.hf_bettertransformer"] = str(exc)
             return
         prompts = decode_prompts(model.core, AGREE_PROMPTS, AGREE_PROMPT_LENGTH)
         if reference is None:
@@ -265,6 +214,47 @@ def exactness(args: argparse.Namespace, report: CheckReport, folder: Path, budge
         model.core.shutdown()
         del model
         free_memory()
+    print(f"[gpu_check] float32 exactness on {args.exact_config}: done", flush=True)
+
+
+def serve_and_load(args: argparse.Namespace, report: CheckReport, source: str, budget: Budget) -> None:
+    """The HTTP line: ladle's server on the same model, at each stream count."""
+    if not args.http:
+        report.skipped_metrics["http.failures"] = "--no-http"
+        return
+    plan = HttpPlan(
+        backend=args.http_backend,
+        streams=tuple(args.http_streams),
+        seconds=args.http_seconds,
+        max_tokens=args.tokens,
+        start_timeout_s=max(30.0, budget.left() - 2 * args.http_seconds - 20),
+        env={"MAX_CONTEXT": str(args.max_context), "DTYPE": args.dtype},
+    )
+    if not budget.allows(2 * len(plan.streams) * plan.seconds + 60):
+        report.skipped_metrics["http.failures"] = "time budget"
+        return
+    log_path = Path(args.out).with_name("http_server.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        report.http = run_http(source, plan, log_path)
+    except (RuntimeError, OSError) as exc:
+        report.errors["http"] = f"{type(exc).__name__}: {exc}"
+        return
+    report.metrics.update(report.http.metrics)
+    report.skipped_metrics.update(report.http.notes)
+
+
+def derive_metrics(report: CheckReport) -> None:
+    """Speed-ups over the reference, and agreement verdicts as 1.0 (held) or 0.0."""
+    rates = {name: r.tokens_per_s for name, r in report.bench.results.items()}
+    reference = next(iter(report.bench.results), "hf_eager")
+    report.metrics.update(speedups(rates, reference))
+    for name, agreement in report.agreement.items():
+        report.metrics[f"agreement.{name}"] = float(agreement.passed)
+        if agreement.rule == "exact":  # a float32 run's main check is the exactness check
+            report.metrics[f"exact_float32.{name}"] = float(agreement.passed)
+    for name, agreement in report.exact_float32.items():
+        report.metrics[f"exact_float32.{name}"] = float(agreement.passed)
 
 
 def run(args: argparse.Namespace) -> CheckReport:
@@ -276,8 +266,9 @@ def run(args: argparse.Namespace) -> CheckReport:
         decode_tokens=args.tokens,
         machine=machine_description(args.device),
     )
-    report = CheckReport(bench=bench, config=args.config, versions=versions())
-    print(f"[gpu_check] {bench.machine}; {report.versions}", flush=True)
+    report = CheckReport(bench, args.config, gpu_report.versions(), on_gpu=args.enforce)
+    print(f"[gpu_check] {report.environment()}", flush=True)
+    out = Path(args.out)
     folder = Path(tempfile.mkdtemp(prefix="ladle-gpu-check-"))
     try:
         start = time.perf_counter()
@@ -296,7 +287,12 @@ def run(args: argparse.Namespace) -> CheckReport:
                 bench.skipped[name] = "time budget"
                 continue
             reference = check_backend(name, source, args, report, reference, budget)
+            derive_metrics(report)
+            gpu_report.write(report, out)
         exactness(args, report, folder, budget)
+        derive_metrics(report)
+        gpu_report.write(report, out)
+        serve_and_load(args, report, source, budget)
     except Exception as exc:  # report what was measured before the failure
         traceback.print_exc()
         report.errors["run"] = f"{type(exc).__name__}: {exc}"
@@ -307,65 +303,15 @@ def run(args: argparse.Namespace) -> CheckReport:
     return report
 
 
-def table(report: CheckReport) -> str:
-    """One Markdown table: speed, memory and agreement per backend."""
-    bench = report.bench
-    head = (
-        "backend | dtype | load s | weights MB | weight mem MB | peak MB | TTFT128 ms | TTFT512 ms "
-        "| tok/s x1 | tok/s x16 | GB/s x1 | agreement"
-    )
-    lines = [f"_{bench.headline()}_", "", f"| {head} |", "|---" * (head.count("|") + 1) + "|"]
-    for name, r in bench.results.items():
-        agree = report.agreement.get(name)
-        exact = report.exact_float32.get(name)
-        cells = [
-            name,
-            r.dtype,
-            _f(r.load_s),
-            _mb(r.weight_bytes),
-            _mb(report.weight_memory_bytes.get(name)),
-            _mb(r.peak_memory_bytes),
-            _f(r.ttft_ms.get(128)),
-            _f(r.ttft_ms.get(512)),
-            _f(r.tokens_per_s.get(1)),
-            _f(r.tokens_per_s.get(16)),
-            _f(r.bandwidth_gbps(1)),
-            "reference"
-            if agree is None and exact is None
-            else "; ".join(a.summary() for a in (agree, exact) if a is not None),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [f"- {name}: skipped: {why}" for name, why in bench.skipped.items()]
-    lines += [f"- {name}: error: {why}" for name, why in report.errors.items()]
-    lines += [f"- {name}: {note}" for name, r in bench.results.items() for note in r.notes]
-    lines += [f"- {note}" for note in report.notes]
-    lines.append(
-        f"\nbuild {report.build_s:.1f} s, wall {report.wall_s:.0f} s; "
-        f"verdict: {'PASS' if report.passed() else 'FAIL'}"
-    )
-    return "\n".join(lines)
-
-
-def _f(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _mb(value: int | None) -> str:
-    return "-" if value is None else f"{value / 1e6:.0f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
     report = run(args)
-    print(table(report), flush=True)
-    data = {**asdict(report), "bench": report.bench.as_dict(), "passed": report.passed()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1, default=str))
-    print(f"[gpu_check] wrote {out}", flush=True)
+    gpu_report.write(report, Path(args.out))
+    print(gpu_report.table(report), flush=True)
+    print(f"[gpu_check] wrote {args.out} and {Path(args.out).with_suffix('.md')}", flush=True)
     return 0 if report.passed() else 1
 
 

@@ -1,0 +1,208 @@
+"""The GPU check's HTTP line: ladle's server on the built model, loaded at 1 and 16 streams.
+
+The server is `python -m handler` in its own process, as deployed. Locust, gevent and their
+dozen dependencies do not fit beside the wheels a GPU machine needs in its 64 MiB upload,
+so the closed loop here is plain threads; what each stream sends, how its SSE body is read
+and timed, and how the samples are summarized are loadtest's own (`request_body`,
+`SSEReader`, `from_samples`), so the numbers mean what `python -m loadtest`'s do.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.gpu_features import PROBES
+from loadtest.matrix import free_port, healthy, stop_server
+from loadtest.run import ROOT
+from loadtest.stream import PROMPTS, SSEReader, StreamRecord, request_body
+from loadtest.summary import LevelSummary, from_samples, markdown
+
+# The yardstick's prompts, word for word, in the words of bench.shapes' tokenizer (w3, w4, ...;
+# every shape has at least 512 ids): English words would all be <unk>, and a random model fed
+# only <unk> tends to answer with specials, whose text is empty.
+WORD_PROMPTS = tuple(
+    " ".join(f"w{100 + (7 * i + 13 * j) % 400}" for j in range(len(prompt.split())))
+    for i, prompt in enumerate(PROMPTS)
+)
+
+
+@dataclass(slots=True)
+class HttpPlan:
+    """What the HTTP line serves and how hard it loads it."""
+
+    backend: str = "hf_bettertransformer"
+    streams: tuple[int, ...] = (1, 16)
+    seconds: float = 10.0
+    max_tokens: int = 64
+    start_timeout_s: float = 150.0
+    env: dict[str, str] = field(default_factory=dict)  # MAX_CONTEXT, COMPILE, ... for the server
+
+
+@dataclass(slots=True)
+class HttpResult:
+    """Per stream count, loadtest's summary; and the metrics the targets read."""
+
+    levels: list[LevelSummary] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # metric -> what a probe saw, or why it was skipped
+    start_s: float = 0.0
+
+    def table(self, title: str) -> str:
+        facts = [f"server start (load, compile, warm-up) {self.start_s:.0f} s"]
+        return markdown(title, facts, self.levels)
+
+
+class Client:
+    """Requests to one server on 127.0.0.1, one connection each (no proxy, no pooling)."""
+
+    def __init__(self, port: int, model: str = "") -> None:
+        self.port = port
+        self.model = model
+
+    def json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        try:
+            payload = None if body is None else json.dumps(body)
+            connection.request(method, path, payload, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path}: HTTP {response.status}: {data[:300]!r}")
+            answer: dict[str, Any] = json.loads(data)
+            return answer
+        finally:
+            connection.close()
+
+    def stream(self, body: dict[str, Any], started: float) -> StreamRecord:
+        """POST a streamed completion and read its SSE body as it arrives."""
+        record = StreamRecord(sent_at=started, chat=False)
+        reader = SSEReader(record)
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        try:
+            connection.request(
+                "POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            if response.status != 200:
+                record.error = f"HTTP {response.status}: {response.read()[:200]!r}"
+                return record
+            while data := response.read1(65536):
+                reader.feed(data, time.perf_counter())
+            reader.close(time.perf_counter())
+        finally:
+            connection.close()
+        return record
+
+    def sample(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        """One forced-length streamed request, as the locustfile records it."""
+        body = request_body(
+            prompt,
+            chat=False,
+            stream=True,
+            model=self.model,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            ignore_eos=True,
+        )
+        started_wall, started = time.time(), time.perf_counter()
+        try:
+            record = self.stream(body, started)
+            problem = record.problem()
+        except (OSError, http.client.HTTPException) as exc:
+            record, problem = StreamRecord(sent_at=started, chat=False), f"{type(exc).__name__}: {exc}"
+        sample: dict[str, Any] = {"start": started_wall, "latency_s": time.perf_counter() - started}
+        sample.update(error=problem, tokens=record.tokens if problem is None else 0)
+        if problem is None and record.ttft_s is not None:
+            sample["ttft_s"] = record.ttft_s
+        if problem is None and record.itl_s is not None:
+            sample["itl_s"] = record.itl_s
+        return sample
+
+
+def closed_loop(client: Client, streams: int, seconds: float, max_tokens: int) -> LevelSummary:
+    """`streams` clients, each sending its next request as soon as the last one ends, for
+    `seconds`; requests in flight at the end run to completion and count."""
+    samples: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def user(index: int) -> None:
+        sent = 0
+        while time.monotonic() < deadline:
+            sample = client.sample(WORD_PROMPTS[(index + sent * streams) % len(WORD_PROMPTS)], max_tokens)
+            sent += 1
+            with lock:
+                samples.append(sample)
+
+    threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return from_samples(streams, samples)
+
+
+@contextmanager
+def served(model_dir: str, plan: HttpPlan, log: Path) -> Iterator[Client]:
+    """`python -m handler` on a free loopback port, healthy within the plan's start timeout."""
+    port = free_port()
+    command = [sys.executable, "-m", "handler", "--backend", plan.backend, "--model", model_dir]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command += ["--max-batch-size", str(max(plan.streams))]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, **plan.env, "PYTHONPATH": path}
+    with log.open("wb") as sink:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + plan.start_timeout_s
+        while not healthy(f"http://127.0.0.1:{port}"):
+            if server.poll() is not None:
+                raise RuntimeError(f"the {plan.backend} server exited with {server.returncode}; see {log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the {plan.backend} server was not healthy in {plan.start_timeout_s:.0f} s"
+                )
+            time.sleep(0.5)
+        client = Client(port)
+        client.model = client.json("GET", "/v1/models")["data"][0]["id"]
+        yield client
+    finally:
+        stop_server(server)
+
+
+def run_http(model_dir: str, plan: HttpPlan, log: Path) -> HttpResult:
+    """Serve, warm up with two requests, then one closed-loop level per stream count."""
+    result = HttpResult()
+    started = time.perf_counter()
+    with served(model_dir, plan, log) as client:
+        for _ in range(2):  # the first forward and allocations stay out of the numbers
+            warm = client.sample(WORD_PROMPTS[0], plan.max_tokens)
+            if warm["error"]:
+                raise RuntimeError(f"warm-up request failed: {warm['error']}")
+        result.start_s = time.perf_counter() - started
+        for streams in plan.streams:
+            level = closed_loop(client, streams, plan.seconds, plan.max_tokens)
+            print(
+                f"[gpu_check] HTTP {streams} streams: {level.output_tokens_per_s or 0:.1f} tok/s", flush=True
+            )
+            result.levels.append(level)
+            if level.output_tokens_per_s is not None:
+                result.metrics[f"http.tokens_per_s.x{streams}"] = level.output_tokens_per_s
+        result.metrics["http.failures"] = float(sum(level.failures for level in result.levels))
+        for probe in PROBES:
+            outcome = probe.attempt(client)
+            if outcome.value is not None:
+                result.metrics[probe.metric] = outcome.value
+            result.notes[probe.metric] = outcome.note
+    return result
