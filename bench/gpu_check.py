@@ -157,10 +157,13 @@ def check_backend(
     result.weight_bytes = weight_bytes(model.backend)
     if torch.cuda.is_available():
         report.weight_memory_bytes[name] = torch.cuda.memory_allocated() - before
-    if name == "hf_int8":
-        report.metrics.update(quantised_bytes(model.backend.model))
+    step = getattr(model.backend, "step", None)  # hf_bettertransformer's decode step
+    if step is not None:
+        result.notes.append(f"decode step {'compiled' if step.compiled else 'eager'}")
     print(f"[gpu_check] {name}: loaded in {result.load_s:.1f} s", flush=True)
     try:
+        if name == "hf_int8":
+            report.metrics.update(quantised_bytes(model.backend.model))
         prompts = decode_prompts(model.core, AGREE_PROMPTS, AGREE_PROMPT_LENGTH)
         if reference is None:
             reference = reference_from(name, model, prompts, args.agree_tokens)
@@ -305,6 +308,7 @@ def run(args: argparse.Namespace) -> CheckReport:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ladle").setLevel(logging.INFO)  # load and compile times go into the log
     args = parse_args(argv, __doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
