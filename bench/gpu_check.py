@@ -109,7 +109,7 @@ def measure(model: Any, result: BackendResult, args: argparse.Namespace, budget:
     """TTFT at each --ttft-lengths prompt length, then decode tokens/s at 1 and 16 sequences."""
     core = model.core
     for length in args.ttft_lengths:
-        if not budget.allows(30):
+        if not budget.allows(15):
             result.notes.append(f"TTFT {length} skipped: time budget")
             continue
         prompt = prompt_ids(usable_vocab(core), length, seed=length)
@@ -119,7 +119,7 @@ def measure(model: Any, result: BackendResult, args: argparse.Namespace, budget:
 
         result.ttft_ms[length] = 1000 * median_seconds(args.rounds, first_token)
     for batch in (1, 16):
-        if not budget.allows(60):
+        if not budget.allows(30):
             result.notes.append(f"decode x{batch} skipped: time budget")
             continue
         prompts = decode_prompts(core, batch, DECODE_PROMPT_LENGTH)
@@ -197,7 +197,7 @@ def exactness(args: argparse.Namespace, report: CheckReport, folder: Path, budge
     """hf_bettertransformer must match hf_eager token for token on a float32 model."""
     if args.exact_config == "none" or not {"hf_eager", "hf_bettertransformer"} <= set(args.backends):
         return
-    if not budget.allows(60):
+    if not budget.allows(40):
         report.skipped_metrics["exact_float32.hf_bettertransformer"] = "time budget"
         return
     source = str(build_checkpoint(args.exact_config, folder / "exact", "float32", args.device))
@@ -230,10 +230,10 @@ def serve_and_load(args: argparse.Namespace, report: CheckReport, source: str, b
         streams=tuple(args.http_streams),
         seconds=args.http_seconds,
         max_tokens=args.tokens,
-        start_timeout_s=max(30.0, budget.left() - 2 * args.http_seconds - 20),
+        start_timeout_s=max(30.0, budget.left() - len(args.http_streams) * args.http_seconds - 10),
         env={"MAX_CONTEXT": str(args.max_context), "DTYPE": args.dtype},
     )
-    if not budget.allows(2 * len(plan.streams) * plan.seconds + 60):
+    if not budget.allows(len(plan.streams) * plan.seconds + 45):
         report.skipped_metrics["http.failures"] = "time budget"
         return
     log_path = Path(args.out).with_name("http_server.log")
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> CheckReport:
         )
         reference: Reference | None = None
         for name in args.backends:
-            if not budget.allows(90):
+            if not budget.allows(60):
                 bench.skipped[name] = "time budget"
                 continue
             reference = check_backend(name, source, args, report, reference, budget)

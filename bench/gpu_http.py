@@ -53,6 +53,7 @@ class HttpPlan:
 class HttpResult:
     """Per stream count, loadtest's summary; and the metrics the targets read."""
 
+    backend: str = ""
     levels: list[LevelSummary] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # metric -> what a probe saw, or why it was skipped
@@ -183,7 +184,7 @@ def served(model_dir: str, plan: HttpPlan, log: Path) -> Iterator[Client]:
 
 def run_http(model_dir: str, plan: HttpPlan, log: Path) -> HttpResult:
     """Serve, warm up with two requests, then one closed-loop level per stream count."""
-    result = HttpResult()
+    result = HttpResult(backend=plan.backend)
     started = time.perf_counter()
     with served(model_dir, plan, log) as client:
         for _ in range(2):  # the first forward and allocations stay out of the numbers

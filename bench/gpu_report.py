@@ -13,8 +13,9 @@ import torch
 
 from bench.agreement import Agreement
 from bench.gpu_http import HttpResult
-from bench.gpu_targets import Verdict, evaluate
+from bench.gpu_targets import TARGETS, Verdict, evaluate
 from bench.gpu_targets import markdown as targets_markdown
+from bench.harness import BACKENDS
 from bench.report import BenchReport
 
 VERSIONED = ("transformers", "bitsandbytes", "accelerate", "starlette", "uvicorn", "pydantic")
@@ -52,7 +53,21 @@ class CheckReport:
     wall_s: float = 0.0
 
     def verdicts(self) -> list[Verdict]:
-        return evaluate(self.metrics, self.on_gpu, self.skipped_metrics)
+        return evaluate(self.metrics, self.on_gpu, {**self._backend_reasons(), **self.skipped_metrics})
+
+    def _backend_reasons(self) -> dict[str, str]:
+        """Why each backend's metrics are missing: skipped at load, failed, or not asked for."""
+        reasons: dict[str, str] = {}
+        for target in TARGETS:
+            backend = next((b for b in BACKENDS if b in target.metric), None)
+            backend = "hf_int8" if target.metric.startswith("int8.") else backend
+            if backend is None or target.metric in self.metrics:
+                continue
+            why = self.bench.skipped.get(backend) or self.errors.get(backend)
+            if why is None and backend not in self.bench.results:
+                why = f"{backend} not in --backends"
+            reasons[target.metric] = why or "not measured"
+        return reasons
 
     def passed(self) -> bool:
         return not self.errors and not any(v.failed for v in self.verdicts())
@@ -63,6 +78,17 @@ class CheckReport:
             f"card: {self.bench.machine}; torch {v['torch']}, CUDA {v['cuda']}, transformers "
             f"{v['transformers']}, bitsandbytes {v['bitsandbytes']}, Python {v['python']}"
         )
+
+
+def environment_table(report: CheckReport) -> list[str]:
+    """The card and the versions that decide its numbers, as a one-row table."""
+    v = report.versions
+    cells = [report.bench.machine, v["torch"], v["cuda"], v["transformers"], v["bitsandbytes"], v["python"]]
+    return [
+        "| card | torch | CUDA | transformers | bitsandbytes | Python |",
+        "|---|---|---|---|---|---|",
+        "| " + " | ".join(cells) + " |",
+    ]
 
 
 def backend_table(report: CheckReport) -> list[str]:
@@ -84,14 +110,15 @@ def backend_table(report: CheckReport) -> list[str]:
 
 def table(report: CheckReport) -> str:
     """The whole report: environment, backends, targets, the HTTP line, and the verdict."""
-    lines = [f"_{report.environment()}_", f"_{report.bench.headline()}_", "", *backend_table(report)]
+    lines = [*environment_table(report), "", f"_{report.bench.headline()}_", "", *backend_table(report)]
     lines += [f"- {name}: skipped: {why}" for name, why in report.bench.skipped.items()]
     lines += [f"- {name}: error: {why}" for name, why in report.errors.items()]
     lines += [f"- {name}: {note}" for name, r in report.bench.results.items() for note in r.notes]
     lines += [f"- {note}" for note in report.notes]
     lines += ["", targets_markdown(report.verdicts())]
     if report.http is not None and report.http.levels:
-        lines += ["", report.http.table(f"HTTP: ladle serving {report.config} ({report.bench.dtype})")]
+        title = f"HTTP: ladle {report.http.backend} serving {report.config} ({report.bench.dtype})"
+        lines += ["", report.http.table(title)]
     lines.append(
         f"\nbuild {report.build_s:.1f} s, wall {report.wall_s:.0f} s; "
         f"verdict: {'PASS' if report.passed() else 'FAIL'}"

@@ -81,7 +81,10 @@ def evaluate(
         value = metrics.get(target.metric)
         reason = skipped.get(target.metric, "not measured")
         if value is None:
-            status = "skipped" if target.optional else ("FAIL" if on_gpu or not target.gpu_only else "info")
+            if target.optional or target.bound is None:
+                status = "skipped" if target.optional else "report"
+            else:
+                status = "FAIL" if on_gpu or not target.gpu_only else "info"
             verdicts.append(Verdict(target, None, status, reason))
         elif target.bound is None:
             verdicts.append(Verdict(target, value, "report"))

@@ -16,8 +16,10 @@ import torch
 from packaging.requirements import Requirement
 
 from bench.gpu_features import Probe, constrained_request, prefix_cache_hit
+from bench.gpu_report import CheckReport
 from bench.gpu_targets import TARGETS, Target, evaluate, quantised_bytes, speedups
 from bench.gpu_wheels import Wheel, carry_problems, read_pins, requirements
+from bench.report import BenchReport
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_run.sh"
@@ -47,6 +49,18 @@ def test_targets_judge_bounds_missing_metrics_and_cpu_runs() -> None:
     cpu = evaluate({"s": 0.4, "b": 0.9}, on_gpu=False, targets=targets)
     assert [v.status for v in cpu[:2]] == ["info", "FAIL"]
     assert _status(evaluate({}, on_gpu=False, targets=targets), "s") == "info"
+    assert _status(evaluate({}, on_gpu=True, targets=targets), "r") == "report"  # shown, never judged
+
+
+def test_a_missing_backend_fails_its_targets_with_the_reason() -> None:
+    bench = BenchReport(model="m", device="cuda", dtype="bfloat16", decode_tokens=64)
+    bench.result("hf_eager").tokens_per_s = {1: 40.0, 16: 400.0}
+    bench.skipped["hf_int8"] = "hf_int8: ImportError: no bitsandbytes"
+    report = CheckReport(bench, "llama-1b", {}, on_gpu=True)
+    why = {v.target.metric: (v.status, v.why) for v in report.verdicts()}
+    assert why["int8.linear_ratio"] == ("FAIL", "hf_int8: ImportError: no bitsandbytes")
+    assert why["speedup.hf_bettertransformer.x1"] == ("FAIL", "hf_bettertransformer not in --backends")
+    assert not report.passed()
 
 
 def test_issue_targets_are_in_the_table() -> None:
@@ -196,7 +210,8 @@ def test_gpu_run_smoke_on_cpu(tmp_path: Path) -> None:
         "gpu_run.log",
         "http_server.log",
     }
-    assert "verdict: PASS" in done.stdout and "card: " in done.stdout
+    assert "verdict: PASS" in done.stdout
+    assert "| card | torch | CUDA | transformers | bitsandbytes | Python |" in done.stdout
     data = json.loads((out / "gpu_check.json").read_text())
     assert data["passed"] is True
     assert set(data["versions"]) >= {"torch", "cuda", "transformers", "bitsandbytes"}
