@@ -36,6 +36,8 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     add("--rounds", type=int, default=2, help="timed rounds after one warm-up round (2)")
     add("--agree-tokens", type=int, default=32, help="greedy tokens compared per prompt (32)")
     add("--ttft-lengths", type=_ints, default=[128, 512], help="prompt lengths timed to first token")
+    # hf_bettertransformer compiles one decode graph per attended width (256, 1024, 4096, ... up
+    # to this cap): 256 is one compile and holds every sequence but a 512-token TTFT prompt.
     add("--max-context", type=int, default=1024, help="hf_bettertransformer's columns per slot (1024)")
     add(
         "--exact-config",

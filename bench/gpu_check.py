@@ -60,10 +60,6 @@ from bench.shapes import build_checkpoint
 
 log = logging.getLogger("ladle.bench")
 
-# hf_bettertransformer compiles one decode graph per attended width up to its context cap
-# (256, 1024, 4096, ...): --max-context 256 is one compile, and holds every sequence here but
-# a 512-token TTFT prompt.
-DEFAULT_MAX_CONTEXT = 1024
 AGREE_PROMPTS = 4
 AGREE_PROMPT_LENGTH = 128
 DECODE_PROMPT_LENGTH = 128
@@ -238,11 +234,7 @@ def serve_and_load(args: argparse.Namespace, report: CheckReport, source: str, b
         return
     log_path = Path(args.out).with_name("http_server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        report.http = run_http(source, plan, log_path)
-    except (RuntimeError, OSError) as exc:
-        report.errors["http"] = f"{type(exc).__name__}: {exc}"
-        return
+    report.http = run_http(source, plan, log_path)
     report.metrics.update(report.http.metrics)
     report.skipped_metrics.update(report.http.notes)
 
@@ -258,6 +250,16 @@ def derive_metrics(report: CheckReport) -> None:
             report.metrics[f"exact_float32.{name}"] = float(agreement.passed)
     for name, agreement in report.exact_float32.items():
         report.metrics[f"exact_float32.{name}"] = float(agreement.passed)
+
+
+def guarded(phase: str, report: CheckReport, body: Callable[[], None]) -> None:
+    """Run one phase; its failure is reported under its name and the next phase still runs."""
+    try:
+        body()
+    except Exception as exc:  # any failure of a phase is a finding, not the end of the run
+        traceback.print_exc()
+        report.errors[phase] = f"{type(exc).__name__}: {exc}"
+        free_memory()
 
 
 def run(args: argparse.Namespace) -> CheckReport:
@@ -292,10 +294,10 @@ def run(args: argparse.Namespace) -> CheckReport:
             reference = check_backend(name, source, args, report, reference, budget)
             derive_metrics(report)
             gpu_report.write(report, out)
-        exactness(args, report, folder, budget)
+        guarded("exactness", report, lambda: exactness(args, report, folder, budget))
         derive_metrics(report)
         gpu_report.write(report, out)
-        serve_and_load(args, report, source, budget)
+        guarded("http", report, lambda: serve_and_load(args, report, source, budget))
     except Exception as exc:  # report what was measured before the failure
         traceback.print_exc()
         report.errors["run"] = f"{type(exc).__name__}: {exc}"

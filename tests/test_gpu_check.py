@@ -15,6 +15,7 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
+from bench.gpu_check import guarded
 from bench.gpu_features import Probe, constrained_request, prefix_cache_hit
 from bench.gpu_report import CheckReport
 from bench.gpu_targets import TARGETS, Target, evaluate, quantised_bytes, speedups
@@ -60,6 +61,14 @@ def test_a_missing_backend_fails_its_targets_with_the_reason() -> None:
     why = {v.target.metric: (v.status, v.why) for v in report.verdicts()}
     assert why["int8.linear_ratio"] == ("FAIL", "hf_int8: ImportError: no bitsandbytes")
     assert why["speedup.hf_bettertransformer.x1"] == ("FAIL", "hf_bettertransformer not in --backends")
+    assert not report.passed()
+
+
+def test_a_failing_phase_is_reported_and_the_run_goes_on() -> None:
+    bench = BenchReport(model="m", device="cpu", dtype="float32", decode_tokens=4)
+    report = CheckReport(bench, "tiny", {}, on_gpu=False)
+    guarded("http", report, lambda: [][0])
+    assert report.errors == {"http": "IndexError: list index out of range"}
     assert not report.passed()
 
 
