@@ -59,8 +59,10 @@ gpu-check: $(STAMP)
 # The wheels a GPU machine's image lacks (bench/gpu_wheels.txt), for its Python 3.12 on x86-64,
 # into .whl/ (git-ignored; the device call carries it); then pins and the 64 MiB carry limit.
 WHEEL_DIR ?= .whl
-WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
-	manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+# bitsandbytes 0.50 ships manylinux_2_24 wheels, llguidance manylinux_2_31 ones (the image's
+# glibc is not recorded; its pip refuses a wheel that does not fit, and gpu_run.sh exits 3).
+WHEEL_PLATFORMS := manylinux_2_31_x86_64 manylinux_2_28_x86_64 manylinux_2_27_x86_64 \
+	manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
 gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		$(addprefix --platform ,$(WHEEL_PLATFORMS)) -d $(WHEEL_DIR) -r bench/gpu_wheels.txt
