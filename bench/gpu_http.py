@@ -54,13 +54,14 @@ class HttpResult:
     """Per stream count, loadtest's summary; and the metrics the targets read."""
 
     backend: str = ""
+    facts: list[str] = field(default_factory=list)
     levels: list[LevelSummary] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # metric -> what a probe saw, or why it was skipped
     start_s: float = 0.0
 
     def table(self, title: str) -> str:
-        facts = [f"server start (load, compile, warm-up) {self.start_s:.0f} s"]
+        facts = [*self.facts, f"server start (load, compile, two warm-up requests) {self.start_s:.0f} s"]
         return markdown(title, facts, self.levels)
 
 
@@ -185,6 +186,14 @@ def served(model_dir: str, plan: HttpPlan, log: Path) -> Iterator[Client]:
 def run_http(model_dir: str, plan: HttpPlan, log: Path) -> HttpResult:
     """Serve, warm up with two requests, then one closed-loop level per stream count."""
     result = HttpResult(backend=plan.backend)
+    settings = " ".join(f"{k}={v}" for k, v in sorted(plan.env.items()))
+    result.facts = [
+        f"`python -m handler --backend {plan.backend}` {settings}, streamed /v1/completions",
+        f"closed loop, {plan.seconds:g} s per level, {plan.max_tokens} forced tokens (ignore_eos), "
+        "temperature 0, the yardstick's 20 prompts in the model's words",
+        "TTFT and ITL percentiles over successful requests; output tok/s = their completion tokens / "
+        "(last end - first start)",
+    ]
     started = time.perf_counter()
     with served(model_dir, plan, log) as client:
         for _ in range(2):  # the first forward and allocations stay out of the numbers

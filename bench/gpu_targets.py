@@ -45,7 +45,7 @@ TARGETS: tuple[Target, ...] = (
     Target("hf_int8 whole model / its float16 bytes", "int8.model_ratio"),
     Target("greedy agreement: hf_bettertransformer vs hf_eager", "agreement.hf_bettertransformer", ">=", 1),
     Target("greedy agreement: hf_int8 vs hf_eager", "agreement.hf_int8", ">=", 1),
-    Target("float32: hf_bettertransformer = hf_eager exactly", "exact_float32.hf_bettertransformer", ">=", 1, optional=True),
+    Target("float32: hf_bettertransformer = hf_eager exactly", "exact_float32.hf_bettertransformer", ">=", 1),
     Target("HTTP: failed streams at 1 and 16 streams", "http.failures", "<=", 0),
     Target("HTTP: output tok/s, 1 stream", "http.tokens_per_s.x1"),
     Target("HTTP: output tok/s, 16 streams", "http.tokens_per_s.x16"),
