@@ -11,7 +11,8 @@
 # about 300 s), GPU_CHECK_ARGS (more flags for `python -m bench.gpu_check`, appended last).
 # Exit status: the check's (0 pass, 1 a target failed), 2 requirements unmet, 3 install failed,
 # 124 the check ran past RUN_TIMEOUT_S (its JSON then holds the phases that finished).
-# The device-tool invocation to paste is in the README's "GPU check" section.
+# The device-tool call (README, "GPU check"), after `make gpu-wheels` in the checkout it sends:
+#   command: bash bench/gpu_run.sh    carry: [".whl"]    timeout_s: 340
 set -uo pipefail
 
 mode=${1:-full}
