@@ -28,6 +28,10 @@ class Target:
     gpu_only: bool = False
     optional: bool = False
 
+    def __post_init__(self) -> None:
+        if self.op not in (">=", "<="):
+            raise ValueError(f"target {self.name!r}: op must be '>=' or '<=', got {self.op!r}")
+
     def holds(self, value: float) -> bool:
         if self.bound is None:
             return True

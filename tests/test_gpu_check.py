@@ -72,6 +72,11 @@ def test_a_failing_phase_is_reported_and_the_run_goes_on() -> None:
     assert not report.passed()
 
 
+def test_a_target_with_an_unknown_comparison_is_refused() -> None:
+    with pytest.raises(ValueError, match="op must be"):
+        Target("typo", "m", "=>", 1.0)
+
+
 def test_issue_targets_are_in_the_table() -> None:
     rules = {t.metric: (t.op, t.bound) for t in TARGETS}
     assert rules["speedup.hf_bettertransformer.x1"] == (">=", 1.5)
