@@ -100,7 +100,8 @@ class ServerState:
     def liveness(self) -> LivenessReport:
         """Fails only on a stall or a failed load: a draining or loading replica is alive."""
         if self.error is not None:
-            return LivenessReport(status="failed", reason=f"the model failed to load: {self.error}")
+            # The error itself stays in the log: these probes need no API key.
+            return LivenessReport(status="failed", reason="the model failed to load (see the log)")
         stall = self.stall()
         if stall is not None:
             return LivenessReport(status="stalled", reason=stall.describe())
@@ -138,8 +139,6 @@ class ServerState:
         report = HealthReport(status=self.status)
         if report.status == "stalled" and stall is not None:
             report.reason = stall.describe()
-        elif report.status == "failed":
-            report.reason = f"the model failed to load: {self.error}"
         if self.model is not None and self._service is not None:
             info = self.model.info
             report.model = self._service.name

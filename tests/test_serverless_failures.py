@@ -156,3 +156,18 @@ def test_runpods_job_runner_records_failures_as_failed(
         assert "output" not in result and json.loads(result["error"])["error"]["message"]
     else:
         assert result["output"] and not any(is_failure(item) for item in result["output"])
+
+
+def test_a_job_arriving_while_the_engine_is_stalled_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> list[Any]:
+        worker = Worker(Settings(), loader=fake_loader())
+        try:
+            await worker.service()
+            monkeypatch.setattr(worker.state, "stall", _StalledState().stall)
+            return [item async for item in worker.handle(job({"prompt": "Hi", "max_tokens": 2}))]
+        finally:
+            await worker.close()
+
+    [item] = asyncio.run(scenario())
+    error = json.loads(item["error"])["error"]
+    assert error["code"] == "stalled" and "decoding 3 sequence(s)" in error["message"]

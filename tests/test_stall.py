@@ -163,3 +163,14 @@ async def test_a_stopped_engine_reports_no_stall() -> None:
     await engine.shutdown()
     await asyncio.sleep(0.01)
     assert engine.stall() is None
+
+
+def test_a_failed_load_fails_liveness_without_saying_why() -> None:
+    def broken(settings: Settings) -> ServedModel:
+        raise RuntimeError("secret path /srv/models/x")
+
+    with live_server(Settings(), loader=broken, healthy=False) as live:
+        wait_until(lambda: live.state.status == "failed", 30, "the load did not fail")
+        livez = httpx.get(live.url + "/livez")
+        assert livez.status_code == 503 and livez.json()["status"] == "failed"
+        assert "secret" not in livez.text and "secret" not in httpx.get(live.url + "/health").text
