@@ -153,25 +153,26 @@ class AsyncEngine:
             self._dispatch(result)
 
     async def _timed_step(self, step: asyncio.Future[StepResult]) -> StepResult:
-        """The step's result; a step that runs past stall_timeout is logged with its work, twice at most."""
-        if self.stall_timeout <= 0:
-            try:
-                return await step
-            finally:
-                self.clock.end()
+        """The step's result; a step that runs past stall_timeout is logged with its work, and again
+        when it completes."""
+        slow = None
+        if self.stall_timeout > 0:
+            slow = asyncio.get_running_loop().call_later(self.stall_timeout, self._log_slow_step)
         try:
-            return await asyncio.wait_for(asyncio.shield(step), self.stall_timeout)
-        except asyncio.TimeoutError:
-            log.warning(
-                "an engine step has run for over %g s (ENGINE_STALL_TIMEOUT), %s",
-                self.stall_timeout,
-                self.core.step_load.describe(),
-            )
-            result = await step
-            log.warning("the slow engine step completed after %.1f s", self.clock.step_seconds() or 0.0)
-            return result
+            return await step
         finally:
-            self.clock.end()
+            ran = self.clock.end()
+            if slow is not None:
+                slow.cancel()
+                if ran > self.stall_timeout:
+                    log.warning("the slow engine step completed after %.1f s", ran)
+
+    def _log_slow_step(self) -> None:
+        log.warning(
+            "an engine step has run for over %g s (ENGINE_STALL_TIMEOUT), %s",
+            self.stall_timeout,
+            self.core.step_load.describe(),
+        )
 
     def _dispatch(self, result: StepResult) -> None:
         for output in result.outputs:
