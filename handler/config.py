@@ -112,7 +112,7 @@ OPTIONS: tuple[Option, ...] = (
         "chat_template", "CHAT_TEMPLATE", "Jinja file to render chat messages with, instead of the model's"
     ),
     Option("cors_origins", "CORS_ORIGINS", "comma-separated origins allowed by CORS; empty allows none"),
-    Option("api_key", "API_KEY", "require this bearer key on every route but /health and /ping"),
+    Option("api_key", "API_KEY", "require this bearer key on every route but /health, /ping and /livez"),
     Option("max_body_size", "MAX_BODY_SIZE", "largest request body accepted, in bytes", 1),
     Option("max_batch_size", "MAX_BATCH_SIZE", "sequences the engine runs in one batch", 1),
     Option("max_queued_requests", "MAX_QUEUED_REQUESTS", "requests waiting for the engine before 429", 1),
@@ -129,7 +129,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_concurrent_requests",
         "MAX_CONCURRENT_REQUESTS",
-        "requests answered at once; past it 429 (/health, /ping, /metrics never refused)",
+        "requests answered at once; past it 429 (/health, /ping, /livez, /metrics never refused)",
         1,
     ),
     Option(
