@@ -12,6 +12,7 @@ from backends.engine import EngineCore, StepResult
 from backends.errors import EngineStoppedError
 from backends.outputs import RequestOutput
 from backends.params import SamplingParams
+from backends.step_clock import Stall, StepClock
 
 log = logging.getLogger("ladle.engine")
 
@@ -58,6 +59,11 @@ class AsyncEngine:
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ladle-step")
         self.steps = 0
+        self.clock = StepClock()
+        # Seconds a step may run before it is logged, and before stall() reports the engine
+        # wedged while work waits; 0 turns both off. The server sets it (ENGINE_STALL_TIMEOUT).
+        self.stall_timeout = 0.0
+        self._stopped = False
 
     @property
     def num_running(self) -> int:
@@ -78,10 +84,27 @@ class AsyncEngine:
             if callable(warm_up):  # CUDA graphs belong to the thread that captured them: the step thread
                 await asyncio.get_running_loop().run_in_executor(self._executor, warm_up)
             self._wakeup = asyncio.Event()
+            self._stopped = False
             self._task = asyncio.create_task(self._loop(), name="ladle-engine")
+
+    def stall(self) -> Stall | None:
+        """How the engine is wedged, if work is pending and no step has completed for stall_timeout."""
+        if self._stopped or self.stall_timeout <= 0:
+            return None
+        age = self.step_age
+        if age <= self.stall_timeout:
+            return None
+        return Stall(age, self.stall_timeout, self.clock.step_seconds(), self.core.step_load)
+
+    @property
+    def step_age(self) -> float:
+        """Seconds since the last step completed, while work is pending (0 when idle)."""
+        # A prompt being prefilled is in neither of the core's queues: a step in flight is work too.
+        return self.clock.age(self.core.has_work() or self.clock.step_began is not None)
 
     async def shutdown(self) -> None:
         """Cancel everything and stop the loop."""
+        self._stopped = True
         self.core.shutdown()
         if self._task is not None:
             self._task.cancel()
@@ -98,7 +121,10 @@ class AsyncEngine:
     ) -> RequestStream:
         """Queue a request; raises InvalidRequestError, ContextLengthError, QueueFullError or
         EngineStoppedError at once."""
+        idle = not self.core.has_work()
         request_id = self.core.add_request(prompt_ids, params, request_id)
+        if idle:
+            self.clock.restart()
         stream = RequestStream(self, request_id)
         self._streams[request_id] = stream
         self._wakeup.set()
@@ -116,14 +142,37 @@ class AsyncEngine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            self.clock.begin()
             try:
-                result = await loop.run_in_executor(self._executor, self.core.step)
+                result = await self._timed_step(loop.run_in_executor(self._executor, self.core.step))
             except Exception:  # the core fails requests itself; this is a bug guard so the loop lives on
                 log.exception("engine step crashed")
                 await asyncio.sleep(0.01)
                 continue
             self.steps += 1
             self._dispatch(result)
+
+    async def _timed_step(self, step: asyncio.Future[StepResult]) -> StepResult:
+        """The step's result; a step that runs past stall_timeout is logged with its work, and again
+        when it completes."""
+        slow = None
+        if self.stall_timeout > 0:
+            slow = asyncio.get_running_loop().call_later(self.stall_timeout, self._log_slow_step)
+        try:
+            return await step
+        finally:
+            ran = self.clock.end()
+            if slow is not None:
+                slow.cancel()
+                if ran > self.stall_timeout:
+                    log.warning("the slow engine step completed after %.1f s", ran)
+
+    def _log_slow_step(self) -> None:
+        log.warning(
+            "an engine step has run for over %g s (ENGINE_STALL_TIMEOUT), %s",
+            self.stall_timeout,
+            self.core.step_load.describe(),
+        )
 
     def _dispatch(self, result: StepResult) -> None:
         for output in result.outputs:

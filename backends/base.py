@@ -17,6 +17,20 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class FastPaths:
+    """The speed-ups a backend really runs with, read off the loaded model: a silent fallback shows.
+
+    `attention` is the implementation set on the model (eager, sdpa, flash_attention_2, ...);
+    `cache` the KV cache kind ("dynamic": grown per step; "static": preallocated slots);
+    `compiled_decode` whether the decode step runs through torch.compile.
+    """
+
+    attention: str = "eager"
+    cache: str = "dynamic"
+    compiled_decode: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     """Facts about the served model that the engine and the API need."""
 
@@ -32,6 +46,7 @@ class ModelInfo:
     devices: tuple[str, ...] = ()
     dtype: str = "float32"
     created: int = 0
+    fast_paths: FastPaths = FastPaths()
 
     def generation_room(self, prompt_tokens: int) -> int:
         """Tokens a sequence may generate after a prompt of this length: what the context leaves

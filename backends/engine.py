@@ -30,6 +30,7 @@ from backends.outputs import RequestOutput, TokenLogprob, TopLogprob
 from backends.params import SamplingParams
 from backends.sampler import Sampler, make_generator
 from backends.sequence import Request, Sequence
+from backends.step_clock import StepLoad
 from backends.stopping import StopMatcher
 
 log = logging.getLogger("ladle.engine")
@@ -63,6 +64,7 @@ class EngineCore:
         self._running: list[Sequence] = []
         self._next_seq_id = 0
         self.accepting = True
+        self.step_load = StepLoad()  # what the step in flight does, for a stall report
 
     # -- admission (any thread) -----------------------------------------------------------------
 
@@ -144,12 +146,15 @@ class EngineCore:
         result = StepResult()
         self._drop_aborted(result)
         touched: dict[str, Request] = {}
+        self.step_load = StepLoad(decoding=len(self._running))
         # Decode before prefilling: a backend's decode takes exactly its live sequences, and
         # the newly admitted ones get their first token from the prefill itself.
         if self._running:
             self._decode(list(self._running), result, touched)
         admitted = [r for r in self._admit() if self._setup(r, result)]
         if admitted:
+            tokens = sum(len(r.prompt_ids) for r in admitted)
+            self.step_load = StepLoad(self.step_load.decoding, len(admitted), tokens)
             self._prefill(admitted, result, touched)
         self._finish(touched, result)
         return result

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from backends import loading
-from backends.base import ModelInfo, Seq
+from backends.base import FastPaths, ModelInfo, Seq
 from backends.batch_cache import BatchCache
 from backends.errors import InvalidRequestError
 
@@ -42,6 +42,7 @@ class TransformersRunner:
             devices=tuple(devices),
             dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
             created=int(time.time()),
+            fast_paths=FastPaths(attention=attention_implementation(model)),
         )
         self.pad_id = _pad_id(model, tokenizer)
         # Decoders that derive positions from the cache length (BART and kin) cannot share a
@@ -189,6 +190,11 @@ class TransformersRunner:
         )
         batch = BatchCache(cache, [s.seq_id for s in seqs], pad, encoder_states, enc_mask)
         return out.logits[:, -1, :], batch
+
+
+def attention_implementation(model: Any) -> str:
+    """The attention implementation really set on the model (Transformers may fall back from the one asked)."""
+    return str(getattr(model.config, "_attn_implementation", None) or "eager")
 
 
 def _pad_id(model: Any, tokenizer: Any) -> int:

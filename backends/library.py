@@ -45,7 +45,9 @@ def load_backend(
     if backend == "hf_int8":
         from backends import hf_int8
 
-        return hf_int8.load(source, dtype=dtype, trust_remote_code=trust_remote_code, **options)
+        return hf_int8.load(
+            source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **options
+        )
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -148,6 +149,42 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_device(name: str | None) -> str:
+    """DEVICE: auto (cuda when one works, else cpu), cpu, cuda or cuda:N.
+
+    Asking for CUDA where none works is a ModelLoadError in one line, never a quiet run on the CPU.
+    """
+    text = (name or "auto").strip().lower()
+    if text == "auto":
+        return default_device()
+    if text == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if match is None:
+        raise ModelLoadError(f"DEVICE must be auto, cpu, cuda or cuda:N, got {name!r}")
+    problem = cuda_problem(int(match.group(1) or 0))
+    if problem:
+        raise ModelLoadError(f"DEVICE={text}, but {problem}; set DEVICE=cpu (or auto) to run on the CPU")
+    return text
+
+
+def cuda_problem(index: int) -> str | None:
+    """Why CUDA device `index` cannot run a tensor here, or None when it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
+        return f"no CUDA device works here (torch {torch.__version__} is built with {build})"
+    count = torch.cuda.device_count()
+    if index >= count:
+        return f"there {'is' if count == 1 else 'are'} only {count} CUDA device(s)"
+    try:
+        torch.zeros(1, device=f"cuda:{index}")
+    except RuntimeError as exc:
+        return f"CUDA device {index} does not work: {_one_line(exc)}"
+    return None
 
 
 def load_pretrained(source: ModelSource, trust_remote_code: bool = False, **kwargs: Any) -> tuple[Any, Any]:

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from handler.errors import AuthenticationError
 
-OPEN_PATHS = frozenset({"/health", "/ping", "/"})
+OPEN_PATHS = frozenset({"/health", "/ping", "/livez", "/"})
 # The playground's page and assets: static files, and the page asks for the key itself.
 OPEN_PREFIXES = ("/playground/",)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class Settings:
     drain_timeout: int = 25
     health_loading_status: int = 503
     threads: int = 0
+    engine_stall_timeout: float = 120.0
+    device: str = "auto"
 
     def __repr__(self) -> str:
         # The API key must never reach a log line.
@@ -73,7 +76,7 @@ class Option:
 
     @property
     def kind(self) -> str:
-        """One of "str", "int", "bool", "list"."""
+        """One of "str", "int", "float", "bool", "list"."""
         return _KINDS[self.field]
 
 
@@ -84,6 +87,7 @@ _KINDS = {
     "trust_remote_code": "bool",
     "log_prompts": "bool",
     "cors_origins": "list",
+    "engine_stall_timeout": "float",
 }
 
 OPTIONS: tuple[Option, ...] = (
@@ -108,7 +112,7 @@ OPTIONS: tuple[Option, ...] = (
         "chat_template", "CHAT_TEMPLATE", "Jinja file to render chat messages with, instead of the model's"
     ),
     Option("cors_origins", "CORS_ORIGINS", "comma-separated origins allowed by CORS; empty allows none"),
-    Option("api_key", "API_KEY", "require this bearer key on every route but /health and /ping"),
+    Option("api_key", "API_KEY", "require this bearer key on every route but /health, /ping and /livez"),
     Option("max_body_size", "MAX_BODY_SIZE", "largest request body accepted, in bytes", 1),
     Option("max_batch_size", "MAX_BATCH_SIZE", "sequences the engine runs in one batch", 1),
     Option("max_queued_requests", "MAX_QUEUED_REQUESTS", "requests waiting for the engine before 429", 1),
@@ -125,7 +129,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_concurrent_requests",
         "MAX_CONCURRENT_REQUESTS",
-        "requests answered at once; past it 429 (/health, /ping, /metrics never refused)",
+        "requests answered at once; past it 429 (/health, /ping, /livez, /metrics never refused)",
         1,
     ),
     Option(
@@ -154,6 +158,16 @@ OPTIONS: tuple[Option, ...] = (
         " On a shared or CPU-limited host, set the cores this process really gets",
         0,
     ),
+    Option(
+        "engine_stall_timeout",
+        "ENGINE_STALL_TIMEOUT",
+        "seconds without a completed engine step, while work waits, before /health and /livez answer"
+        " 503 (a wedged engine); a step running longer is logged. 0 turns the check off",
+        0,
+    ),
+    Option(
+        "device", "DEVICE", "where the model runs: auto, cpu, cuda or cuda:N; CUDA that does not work exits"
+    ),
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -172,11 +186,14 @@ def parse_value(option: Option, raw: str, source: str) -> Any:
         raise ConfigError(f"{source} must be true or false, got {raw!r}")
     if kind == "list":
         return tuple(item.strip() for item in text.split(",") if item.strip())
-    if kind == "int":
+    if kind in ("int", "float"):
         try:
-            value = int(text)
+            value = int(text) if kind == "int" else float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
         except ValueError:
-            raise ConfigError(f"{source} must be an integer, got {raw!r}") from None
+            what = "an integer" if kind == "int" else "a number"
+            raise ConfigError(f"{source} must be {what}, got {raw!r}") from None
         if option.minimum is not None and value < option.minimum:
             raise ConfigError(f"{source} must be >= {option.minimum}, got {value}")
         return value

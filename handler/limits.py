@@ -18,7 +18,7 @@ from handler.errors import APIError, RateLimitError
 log = logging.getLogger("ladle")
 
 # Probes must answer however busy the server is, or an orchestrator restarts a healthy container.
-EXEMPT_PATHS = frozenset({"/health", "/ping", "/metrics"})
+EXEMPT_PATHS = frozenset({"/health", "/ping", "/livez", "/metrics"})
 
 
 class RequestTimeoutError(APIError):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from handler.served import ServedModel
 
 # Probes and scrapes are not work: they never hold a drain open and never count as in flight.
-UNTRACKED_PATHS = frozenset({"/health", "/ping", "/metrics"})
+UNTRACKED_PATHS = frozenset({"/health", "/ping", "/livez", "/metrics"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -61,6 +61,12 @@ class Metrics:
             "KV cache tokens over MAX_BATCH_SIZE x context (estimated)",
             registry=r,
         )
+        self.step_age = Gauge(
+            "ladle_engine_step_age_seconds",
+            "Seconds since the engine last completed a step, while work is pending (0 when idle);"
+            " past ENGINE_STALL_TIMEOUT the replica reports itself stalled",
+            registry=r,
+        )
         self.model = Info("ladle_model", "The model served, its backend and devices", registry=r)
         self.active = 0  # what in_flight shows, as a number the drain can read
         self.kv_tokens = 0
@@ -73,6 +79,7 @@ class Metrics:
         self.running.set_function(lambda: engine.num_running)
         capacity = max(1, max_batch_size * info.context_length)
         self.kv_cache_usage.set_function(lambda: self.kv_tokens / capacity)
+        self.step_age.set_function(lambda: float(getattr(engine, "step_age", 0.0)))
         self.model.info(_model_labels(info))
         observe_steps(engine, self.batch_size.observe)
         return MeteredModel(model, self)

@@ -14,10 +14,10 @@ from handler.replies import (
     ChatCompletionChunk,
     Completion,
     ErrorResponse,
-    Health,
     ModelCard,
     ModelList,
 )
+from handler.state import HealthReport, LivenessReport
 
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
@@ -85,7 +85,8 @@ def openapi_schema() -> dict[str, Any]:
         ModelList,
         ModelCard,
         ErrorResponse,
-        Health,
+        HealthReport,
+        LivenessReport,
     ]
     _, schemas = models_json_schema(
         [
@@ -107,8 +108,14 @@ def openapi_schema() -> dict[str, Any]:
             "/v1/models/{model_id}": _get(
                 ModelCard, "Retrieve a model", not_found="no model has this id", parameters=model_id
             ),
-            "/health": _get(Health, "200 once the model is loaded, 503 before"),
-            "/ping": _get(Health, "Alias of /health"),
+            "/health": _get(
+                HealthReport,
+                "Readiness: 200 once the model is loaded, 503 before, while draining and on a stall",
+            ),
+            "/ping": _get(HealthReport, "Alias of /health"),
+            "/livez": _get(
+                LivenessReport, "Liveness: 200 (draining too), 503 on an engine stall or a failed load"
+            ),
         },
         "components": {
             "schemas": schemas.get("$defs", {}),

@@ -133,7 +133,3 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
-
-
-class Health(BaseModel):
-    status: Literal["ok", "loading", "failed"]

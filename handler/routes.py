@@ -64,6 +64,17 @@ async def ping(request: Request) -> Response:
     return JSONResponse({"status": state.status}, status_code=code)
 
 
+async def livez(request: Request) -> Response:
+    """Liveness: 200 while the process can make progress, draining and loading included; 503 when the
+    engine is wedged (ENGINE_STALL_TIMEOUT) or the model failed to load, so a restart is the cure."""
+    report = server_state(request).liveness()
+    return Response(
+        report.model_dump_json(exclude_none=True),
+        status_code=200 if report.status == "ok" else 503,
+        media_type="application/json",
+    )
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     registry = server_state(request).metrics.registry
@@ -154,6 +165,7 @@ async def _disconnected(request: Request) -> None:
 ROUTES = [
     Route("/health", health, methods=["GET"]),
     Route("/ping", ping, methods=["GET"]),
+    Route("/livez", livez, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),

@@ -41,6 +41,7 @@ def load_served_model(settings: Settings) -> ServedModel:
         settings.model,
         backend=settings.backend,
         dtype=settings.dtype,
+        device=settings.device,
         max_batch_size=settings.max_batch_size,
         max_queued_requests=settings.max_queued_requests,
         trust_remote_code=settings.trust_remote_code,

@@ -2,27 +2,33 @@
 
 A job is `{"input": {"openai_route": "/v1/chat/completions" | "/v1/completions" | "/v1/models",
 "openai_input": {...}}}` (the shape RunPod's OpenAI-compatible endpoints send). `handle(job)` yields
-what the HTTP API would send: one JSON body, an error body, or, for `"stream": true`, the server-sent
-events as text, `data: [DONE]` last. No platform SDK is needed; with `runpod` installed,
-`python -m handler.serverless` runs a RunPod worker.
+what the HTTP API would send: one JSON body or, for `"stream": true`, the server-sent events as text,
+`data: [DONE]` last. A job that fails, before its output or midway through a stream, ends with one
+`{"error": "<the OpenAI error body as JSON text>"}` item: RunPod records a job whose output item
+holds a truthy "error" as FAILED, with that string as its error. No platform SDK is needed; with
+`runpod` installed, `python -m handler.serverless` runs a RunPod worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import os
 import sys
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
 from handler.config import ConfigError, Settings, settings_from_env
-from handler.errors import APIError, NotFoundError
+from handler.errors import APIError, NotFoundError, ServiceUnavailableError
+from handler.replies import ErrorResponse
 from handler.served import ServedModel, load_served_model
 from handler.service import OpenAIService, Reply
-from handler.sse import sse_frames
+from handler.sse import DONE, encode_event
 from handler.state import Loader, ServerState
 
 log = logging.getLogger("ladle")
@@ -78,25 +84,73 @@ class Worker:
         return self.state.service
 
     async def handle(self, job: Any) -> AsyncGenerator[Any, None]:
-        """Yield a JSON body (or error body), or for a streamed request its events as text."""
+        """Yield a JSON body, or for a streamed request its events as text; a failure as a job error."""
         try:
             call, body = parse_job(job)
-            reply = await call(await self.service(), body)
+            service = await self.service()
+            self._refuse_if_stalled()
+            reply = await call(service, body)
         except APIError as exc:
-            yield exc.body()
+            yield job_error(exc.body())
             return
         if isinstance(reply, BaseModel):
             yield reply.model_dump(mode="json")
             return
         try:
-            async for frame in sse_frames(reply):
-                yield frame.decode()
+            async for chunk in reply:
+                if isinstance(chunk, ErrorResponse):  # the generation failed midway
+                    yield job_error(chunk.model_dump(mode="json"))
+                    return
+                yield encode_event(chunk).decode()
+            yield DONE.decode()
         finally:
             # Closing the chunks aborts the generation when the job is cancelled midway.
             await reply.aclose()
 
+    async def run(self, job: Any) -> Any:
+        """handle(job) for runners that take one return value (RunPod's local test modes): the
+        items as a list, as RunPod aggregates a stream, or the job error."""
+        items = [item async for item in self.handle(job)]
+        if items and isinstance(items[-1], dict) and "error" in items[-1]:
+            return items[-1]
+        return items
+
+    def _refuse_if_stalled(self) -> None:
+        stall = self.state.stall()
+        if stall is not None:
+            raise ServiceUnavailableError(
+                f"the worker's engine is stalled: {stall.describe()}", code="stalled"
+            )
+
     async def close(self) -> None:
         await self.state.close()
+
+
+def job_error(body: dict[str, Any]) -> dict[str, str]:
+    """The item that makes RunPod record a job as FAILED: "error" holds the OpenAI error body as JSON."""
+    return {"error": json.dumps(body, ensure_ascii=False)}
+
+
+def exit_on_stall(state: ServerState, period: float, stop: threading.Event | None = None) -> threading.Thread:
+    """Watch the engine from a thread; on a stall log it and exit 1, so that RunPod replaces the worker.
+
+    A queue worker has no liveness probe: the process ending is how the platform learns. The
+    exit is immediate (os._exit), as a wedged step thread would hold up an orderly one.
+    """
+
+    stopped = stop or threading.Event()
+
+    def watch() -> None:
+        while not stopped.wait(period):
+            stall = state.stall()
+            if stall is not None:
+                log.critical("%s; exiting so that the platform replaces this worker", stall.describe())
+                logging.shutdown()
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="ladle-stall-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 @functools.cache
@@ -131,15 +185,23 @@ def main() -> int:
         log.error("cannot serve the model: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return 1
     worker = Worker(settings, loader=_loaded(model))
+    if settings.engine_stall_timeout > 0:
+        exit_on_stall(worker.state, period=min(5.0, settings.engine_stall_timeout / 2))
     runpod.serverless.start(
         {
-            "handler": worker.handle,
+            "handler": worker.handle if _on_runpod() else worker.run,
             # Concurrent jobs share the batch: that is what makes one worker serve many.
             "concurrency_modifier": lambda current: settings.max_batch_size,
             "return_aggregate_stream": True,
         }
     )
     return 0
+
+
+def _on_runpod() -> bool:
+    """Whether RunPod's job queue feeds this process; otherwise the SDK runs a local test mode
+    (--test_input, --rp_serve_api), whose runners record a generator's error items as output."""
+    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB")) and "--test_input" not in sys.argv
 
 
 def _loaded(model: ServedModel) -> Loader:

@@ -20,11 +20,12 @@ from handler.service import OpenAIService
 
 if TYPE_CHECKING:
     from backends.base import ModelInfo
+    from backends.step_clock import Stall
 
 log = logging.getLogger("ladle")
 
 Loader = Callable[[Settings], ServedModel]
-Status = Literal["ok", "loading", "draining", "failed"]
+Status = Literal["ok", "loading", "draining", "stalled", "failed"]
 # Seconds a client should wait before retrying: a load takes a while; a draining replica is
 # leaving the load balancer, so a retry at once lands on another one.
 RETRY_AFTER_LOADING = "5"
@@ -32,15 +33,32 @@ RETRY_AFTER_DRAINING = "1"
 LOAD_PROGRESS_INTERVAL = 15.0
 
 
+class FastPathsReport(BaseModel):
+    """The backend's speed-ups as really in effect (see backends.base.FastPaths)."""
+
+    attention: str
+    cache: str
+    compiled_decode: bool
+
+
 class HealthReport(BaseModel):
-    """The /health body: the status, and once loaded what is served, by which backend, where."""
+    """The /health body: the status and why, and once loaded what is served, by which backend, where."""
 
     status: Status
+    reason: str | None = None
     model: str | None = None
     backend: str | None = None
     device: str | None = None
     devices: list[str] | None = None
     dtype: str | None = None
+    fast_paths: FastPathsReport | None = None
+
+
+class LivenessReport(BaseModel):
+    """The /livez body: "ok" while the process can make progress (loading and draining included)."""
+
+    status: Literal["ok", "stalled", "failed"]
+    reason: str | None = None
 
 
 class ServerState:
@@ -66,9 +84,28 @@ class ServerState:
     def status(self) -> Status:
         if self.error is not None:
             return "failed"
+        if self.stall() is not None:
+            return "stalled"
         if self.draining:
             return "draining"
         return "ok" if self._service is not None else "loading"
+
+    def stall(self) -> Stall | None:
+        """How the engine is wedged, if it is (see ENGINE_STALL_TIMEOUT)."""
+        if self.model is None:
+            return None
+        stall: Stall | None = self.model.engine.stall()
+        return stall
+
+    def liveness(self) -> LivenessReport:
+        """Fails only on a stall or a failed load: a draining or loading replica is alive."""
+        if self.error is not None:
+            # The error itself stays in the log: these probes need no API key.
+            return LivenessReport(status="failed", reason="the model failed to load (see the log)")
+        stall = self.stall()
+        if stall is not None:
+            return LivenessReport(status="stalled", reason=stall.describe())
+        return LivenessReport(status="ok")
 
     @property
     def service(self) -> OpenAIService:
@@ -98,7 +135,10 @@ class ServerState:
 
     def health(self) -> HealthReport:
         """The /health body: the status, and what is served once it is loaded."""
+        stall = self.stall()
         report = HealthReport(status=self.status)
+        if report.status == "stalled" and stall is not None:
+            report.reason = stall.describe()
         if self.model is not None and self._service is not None:
             info = self.model.info
             report.model = self._service.name
@@ -106,6 +146,10 @@ class ServerState:
             report.device = info.device
             report.devices = list(info.devices) or [info.device]
             report.dtype = info.dtype
+            paths = info.fast_paths
+            report.fast_paths = FastPathsReport(
+                attention=paths.attention, cache=paths.cache, compiled_decode=paths.compiled_decode
+            )
         return report
 
     def begin_drain(self) -> None:
@@ -134,6 +178,7 @@ class ServerState:
             )
             model = await _in_daemon_thread(self.loader, self.settings)
             self.model = model
+            model.engine.stall_timeout = self.settings.engine_stall_timeout
             log.info("model loaded in %.1f s; starting the engine", time.monotonic() - started)
             await model.engine.start()
             served = self.metrics.watch(model, self.settings.max_batch_size)
@@ -158,7 +203,12 @@ class ServerState:
     def _describe(self, info: ModelInfo) -> str:
         devices = ", ".join(info.devices) or info.device
         name = self._service.name if self._service is not None else info.name
-        return f"{name} with backend {info.backend} on {info.device} (devices: {devices}; {info.dtype})"
+        paths = info.fast_paths
+        return (
+            f"{name} with backend {info.backend} on {info.device} (devices: {devices}; {info.dtype}); "
+            f"{paths.attention} attention, {paths.cache} KV cache, "
+            f"{'compiled' if paths.compiled_decode else 'eager'} decode"
+        )
 
     async def close(self) -> None:
         """Stop the engine and free the model."""

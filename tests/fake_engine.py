@@ -176,6 +176,10 @@ class FakeEngine:
     async def start(self) -> None:
         self.started = True
 
+    def stall(self) -> None:
+        """Never wedged (tests of a stall drive the real AsyncEngine)."""
+        return None
+
     async def shutdown(self) -> None:
         self.started = False
         for stream in list(self.active.values()):

@@ -40,6 +40,7 @@ def test_health_names_the_model_backend_and_devices() -> None:
         "device": "cpu",
         "devices": ["cpu"],
         "dtype": "float32",
+        "fast_paths": {"attention": "eager", "cache": "dynamic", "compiled_decode": False},
     }
     assert ping.json() == {"status": "ok"}
 

@@ -100,7 +100,8 @@ async def test_invalid_jobs_get_the_api_errors(
     worker: Worker, bad_job: Any, param: str | None, text: str
 ) -> None:
     [answer] = await run(worker, bad_job)
-    error = answer["error"]
+    assert set(answer) == {"error"} and isinstance(answer["error"], str)  # RunPod's failed-job shape
+    error = json.loads(answer["error"])["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert text in error["message"] and error["type"] == "invalid_request_error"
     if param is not None:
@@ -145,6 +146,7 @@ def test_runpod_worker_starts_with_the_handler(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "runpod", fake)
     monkeypatch.setenv("MODEL", str(tiny_model_dir("llama")))
     monkeypatch.setenv("MAX_BATCH_SIZE", "6")
+    monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://api.runpod.ai/v2/x/job-take/y")
     assert serverless.main() == 0
     [config] = started
     assert config["return_aggregate_stream"] is True and config["concurrency_modifier"](1) == 6
@@ -169,5 +171,5 @@ def test_without_runpod_the_entry_point_says_what_to_install(monkeypatch: pytest
 def test_a_model_that_cannot_load_fails_every_job(tmp_path: Any) -> None:
     broken = Worker(Settings(model=str(tmp_path / "missing")))
     [answer] = asyncio.run(run(broken, job("/v1/models")))
-    assert answer["error"]["code"] == "model_load_failed"
+    assert json.loads(answer["error"])["error"]["code"] == "model_load_failed"
     wait_until(lambda: broken.state.status == "failed", 1, "the failure was not recorded")

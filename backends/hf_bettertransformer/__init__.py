@@ -42,7 +42,7 @@ def load(
     max_context: int | None = None,
 ) -> TransformersRunner:
     """Load a model for the hf_bettertransformer backend, compiled and warmed up when asked."""
-    device = device or loading.default_device()
+    device = loading.choose_device(device)
     torch_dtype = loading.pick_dtype(dtype, device)
     config = loading.load_config(source, trust_remote_code)
     if max_batch_size < 1:

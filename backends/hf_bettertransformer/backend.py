@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from backends.base import Seq
+from backends.base import FastPaths, Seq
 from backends.errors import ContextLengthError
 from backends.hf_bettertransformer.attention import use_decode_sdpa
 from backends.hf_bettertransformer.decode_step import DecodeStep
 from backends.hf_bettertransformer.slot_cache import SlotCache
-from backends.hf_runner import TransformersRunner
+from backends.hf_runner import TransformersRunner, attention_implementation
 
 log = logging.getLogger("ladle.hf_bettertransformer")
 
@@ -47,7 +47,9 @@ class BetterTransformerBackend(TransformersRunner):
         self.lengths = [0] * max_batch_size  # cached tokens per slot
         self.free = list(range(max_batch_size))  # a heap: the lowest slot is taken first
         if compile:
-            self.step.compile()
+            self.step.compile()  # falls back to eager decoding if the compile fails
+        paths = FastPaths(attention_implementation(model), cache="static", compiled_decode=self.step.compiled)
+        self.info = dataclasses.replace(self.info, fast_paths=paths)
 
     @torch.inference_mode()
     def _probe(self) -> Any:

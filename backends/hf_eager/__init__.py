@@ -23,7 +23,7 @@ def load(
     trust_remote_code: bool = False,
 ) -> HFEagerBackend:
     """Load a model for the hf_eager backend."""
-    device = device or loading.default_device()
+    device = loading.choose_device(device)
     torch_dtype = loading.pick_dtype(dtype, device)
     model, tokenizer = loading.load_pretrained(source, trust_remote_code, dtype=torch_dtype)
     model.to(device)

@@ -65,15 +65,20 @@ def load(
     max_memory: str | dict[Any, Any] | None = None,
     load_in_4bit: bool | None = None,
     device_map: str | dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> HFInt8Backend:
     """Load a model with 8-bit (or nf4) weights over the devices MAX_MEMORY allows.
 
     With no device_map (or "auto"/"balanced"), the modules are balanced over every GPU the budget
     names (every visible one when there is no budget), then the CPU and disk if it names them.
+    `device` (DEVICE) "cpu" or "cuda:N" puts the whole model there instead; "cuda" insists on GPUs.
     """
     budget = _budget(max_memory)
     four_bit = _flag(load_in_4bit, "LOAD_IN_4BIT")
-    gpus = torch.cuda.device_count()
+    pinned = _pinned_device(device)
+    if device_map is None and pinned is not None:
+        device_map = {"": pinned}
+    gpus = 0 if pinned == "cpu" else torch.cuda.device_count()
     _check_gpus(budget, gpus)
     main = "cuda" if gpus else "cpu"
     problem = bitsandbytes_problem(main)
@@ -158,6 +163,17 @@ def _flag(value: bool | None, env: str) -> bool:
     if text not in _TRUE | _FALSE:
         raise ModelLoadError(f"{env} must be 1 or 0, got {text!r}")
     return text in _TRUE
+
+
+def _pinned_device(device: str | None) -> int | str | None:
+    """Where DEVICE puts the whole model: "cpu", a GPU index, or None to spread over every GPU."""
+    text = (device or "auto").strip().lower()
+    if text == "auto":
+        return None
+    chosen = loading.choose_device(text)  # fails in one line where the CUDA asked for does not work
+    if chosen == "cpu":
+        return "cpu"
+    return None if chosen == "cuda" else int(chosen.split(":", 1)[1])
 
 
 def _check_gpus(budget: dict[int | str, int | str] | None, gpus: int) -> None:
