@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,12 @@ class Settings:
     drain_timeout: int = 25
     health_loading_status: int = 503
     threads: int = 0
+    completion_max_stop_length: int = 1024
+    completion_max_logit_bias: int = 1024
+    completion_max_prompts: int = 32
+    chat_max_messages: int = 1024
+    chat_max_chars: int = 262_144
+    sse_keepalive: float = 15.0
 
     def __repr__(self) -> str:
         # The API key must never reach a log line.
@@ -73,7 +80,7 @@ class Option:
 
     @property
     def kind(self) -> str:
-        """One of "str", "int", "bool", "list"."""
+        """One of "str", "int", "float", "bool", "list"."""
         return _KINDS[self.field]
 
 
@@ -81,6 +88,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _KINDS = {
     **{name: "str" for name in _FIELDS},
     **{name: "int" for name in _FIELDS if isinstance(_FIELDS[name].default, int)},
+    **{name: "float" for name in _FIELDS if isinstance(_FIELDS[name].default, float)},
     "trust_remote_code": "bool",
     "log_prompts": "bool",
     "cors_origins": "list",
@@ -150,8 +158,27 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "threads",
         "THREADS",
-        "CPU threads for the forward (torch.set_num_threads); 0 keeps torch's default, one per core."
-        " On a shared or CPU-limited host, set the cores this process really gets",
+        "CPU threads for the forward (torch.set_num_threads); 0 counts the CPUs this process may use:"
+        " its affinity mask and its cgroup CPU quota, whichever is smaller",
+        0,
+    ),
+    Option(
+        "completion_max_stop_length",
+        "COMPLETION_MAX_STOP_LENGTH",
+        "longest stop string accepted, in characters (at most this much text is held back while streaming)",
+        1,
+    ),
+    Option("completion_max_logit_bias", "COMPLETION_MAX_LOGIT_BIAS", "most logit_bias entries accepted", 0),
+    Option("completion_max_prompts", "COMPLETION_MAX_PROMPTS", "most prompts in one completions request", 1),
+    Option("chat_max_messages", "CHAT_MAX_MESSAGES", "most messages in one chat request", 1),
+    Option(
+        "chat_max_chars", "CHAT_MAX_CHARS", "most characters of all a chat request's messages together", 1
+    ),
+    Option(
+        "sse_keepalive",
+        "SSE_KEEPALIVE",
+        "seconds a stream may stay silent (queued, or in a long prefill) before an SSE comment keeps"
+        " proxies from closing it; 0 sends none",
         0,
     ),
 )
@@ -180,6 +207,14 @@ def parse_value(option: Option, raw: str, source: str) -> Any:
         if option.minimum is not None and value < option.minimum:
             raise ConfigError(f"{source} must be >= {option.minimum}, got {value}")
         return value
+    if kind == "float":
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(f"{source} must be a number, got {raw!r}") from None
+        if not math.isfinite(number) or (option.minimum is not None and number < option.minimum):
+            raise ConfigError(f"{source} must be a finite number >= {option.minimum}, got {raw!r}")
+        return number
     if option.choices and text.lower() not in option.choices:
         raise ConfigError(f"{source} must be one of {', '.join(option.choices)}, got {raw!r}")
     if option.default is None:
