@@ -37,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from handler.replies import ChatCompletionChunk, Completion
+from reliability.fuzz_bounds import oversized_requests, refusal_problem, send
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 # What each event of a stream must be, by its "object" field.
@@ -214,6 +215,16 @@ class Fuzzer:
             if case.method == "POST" and isinstance(case.body, dict):
                 self.resend(case.formatted_path, case.body, param, label)
 
+    def oversized(self) -> None:
+        """Send one request far past each bound; each must be a 400 naming its field."""
+        for request in oversized_requests():
+            self.report.cases["oversized"] += 1
+            response = send(self.session, self.base_url, request)
+            self.report.statuses[response.status_code] += 1
+            problem = refusal_problem(request, response.status_code, response.content)
+            if problem is not None:
+                self.report.fail("oversized", problem, f"POST {request.path} ({request.size} bytes)")
+
     def resend(self, path: str, body: dict[str, Any], param: str, label: str) -> None:
         """Drop refused parameters one at a time until the request is accepted (or gives out)."""
         label = f"{label}, resent"
@@ -271,6 +282,7 @@ def fuzz(base_url: str, max_examples: int, report: FuzzReport | None = None) -> 
                 continue
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 fuzzer.operation(result.ok(), mode, max_examples)
+        fuzzer.oversized()
     return report
 
 
