@@ -92,8 +92,8 @@ class OpenAIService:
 
     async def completion(self, body: Any) -> Reply:
         """POST /v1/completions: a Completion, or (stream) an async iterator of chunks."""
+        self.bounds.check_completion(body)
         request = self._parse(CompletionRequest, body)
-        self.bounds.check_completion(request)
         params = request.sampling_params(self.limits)
         prompts = self.prompts.completion_prompts(request.prompt)
         job = self._job("cmpl", request, prompts, params)
@@ -104,8 +104,8 @@ class OpenAIService:
 
     async def chat_completion(self, body: Any) -> Reply:
         """POST /v1/chat/completions: a ChatCompletion, or (stream) an async iterator of chunks."""
+        self.bounds.check_chat(body)
         request = self._parse(ChatCompletionRequest, body)
-        self.bounds.check_chat(request)
         params = request.sampling_params(self.limits)
         prompt = self.prompts.chat_prompt(request.messages)
         job = self._job("chatcmpl", request, [prompt], params)

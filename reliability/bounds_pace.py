@@ -73,6 +73,7 @@ def median_ms(gaps: list[float]) -> float | None:
 
 async def measure(url: str, pid: int | None, warmup: float, streams: int) -> tuple[float | None, list[Row]]:
     limits = httpx.Limits(max_connections=streams + 4)
+    hostile = oversized_requests()  # encoded before the streams start: the client must not stall them
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         record = Streams([[] for _ in range(streams)])
         tasks = [asyncio.create_task(stream(client, times)) for times in record.arrivals]
@@ -82,7 +83,7 @@ async def measure(url: str, pid: int | None, warmup: float, streams: int) -> tup
         await asyncio.sleep(warmup)
         before = median_ms(record.gaps(began, time.monotonic()))
         rows = []
-        for request in oversized_requests():
+        for request in hostile:
             start = time.monotonic()
             response = await client.post(
                 request.path, content=request.body, headers={"Content-Type": "application/json"}

@@ -406,3 +406,23 @@ def test_a_request_over_each_bound_is_refused_while_streams_keep_streaming(bound
             stream.abort()
         for reader in readers:
             reader.join(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "x", "stop": 5}),
+        ("/v1/completions", {"prompt": "x", "stop": ["a", 5]}),
+        ("/v1/completions", {"prompt": "x", "logit_bias": [1, 2]}),
+        ("/v1/completions", {"prompt": [[1], "a", 5]}),
+        ("/v1/completions", {"prompt": [1, "a"]}),
+        (CHAT, {"messages": "hi"}),
+        (CHAT, {"messages": [5, {"role": "user", "content": [5, {"text": 3}]}]}),
+        (CHAT, {"messages": [{"role": "assistant", "content": "x", "tool_calls": 7, "name": 1}]}),
+    ],
+)
+def test_the_bounds_leave_wrong_types_to_validation(
+    bounded: LiveServer, path: str, body: dict[str, Any]
+) -> None:
+    # The bounds read the raw JSON; whatever has the wrong type there is validation's to name.
+    assert_error(post(bounded, body, path), 400)
