@@ -1,5 +1,6 @@
 """For each request far past a bound: its status, the time to answer it, and the pace of 8 streams
-meanwhile (their median gap between chunks before the hostile requests, and while each was answered).
+meanwhile (their median gap between chunks before the hostile requests, and from the moment each was
+sent until a second after its answer).
 
     python -m reliability.bounds_pace --url http://127.0.0.1:8000 [--pid SERVER_PID]
 
@@ -22,7 +23,9 @@ import httpx
 
 from reliability.fuzz_bounds import Oversized, oversized_requests
 
-STREAM_BODY = {"prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+# max_tokens null: up to the model's context; each stream starts again when it ends.
+AFTER = 1.0  # seconds after each answer counted as "during"
+STREAM_BODY = {"prompt": "Once upon a time", "max_tokens": None, "ignore_eos": True, "stream": True}
 
 
 @dataclass(slots=True)
@@ -32,11 +35,14 @@ class Streams:
     arrivals: list[list[float]] = field(default_factory=list)
 
     def gaps(self, start: float, end: float) -> list[float]:
-        """Gaps between consecutive chunks of a stream whose interval overlaps [start, end]."""
+        """Gaps between consecutive chunks of a stream, for the chunks that arrived in [start, end].
+
+        Chosen by arrival, not by overlap: overlapping a short window favours long gaps.
+        """
         found = []
         for times in self.arrivals:
             for before, after in itertools.pairwise(times):
-                if after >= start and before <= end:
+                if start <= after <= end:
                     found.append(after - before)
         return found
 
@@ -52,10 +58,14 @@ class Row:
 
 
 async def stream(client: httpx.AsyncClient, times: list[float]) -> None:
-    async with client.stream("POST", "/v1/completions", json=STREAM_BODY) as response:
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
-                times.append(time.monotonic())
+    """One stream after another, until cancelled; a gap spans the restart too."""
+    while True:
+        async with client.stream("POST", "/v1/completions", json=STREAM_BODY) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"a stream was refused: {(await response.aread())[:300]!r}")
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    times.append(time.monotonic())
 
 
 def rss_mib(pid: int | None) -> float | None:
@@ -78,6 +88,9 @@ async def measure(url: str, pid: int | None, warmup: float, streams: int) -> tup
         record = Streams([[] for _ in range(streams)])
         tasks = [asyncio.create_task(stream(client, times)) for times in record.arrivals]
         while min(len(times) for times in record.arrivals) < 3:
+            failed = [task for task in tasks if task.done()]
+            if failed:
+                failed[0].result()  # raises what ended it
             await asyncio.sleep(0.1)
         began = time.monotonic()
         await asyncio.sleep(warmup)
@@ -89,16 +102,16 @@ async def measure(url: str, pid: int | None, warmup: float, streams: int) -> tup
                 request.path, content=request.body, headers={"Content-Type": "application/json"}
             )
             end = time.monotonic()
-            await asyncio.sleep(1.0)  # a stall shows as a gap that ends after the answer
+            await asyncio.sleep(AFTER)  # a stall shows as a gap that ends after the answer
             param = response.json().get("error", {}).get("param") if response.status_code == 400 else None
-            during = median_ms(record.gaps(start, end))
+            during = median_ms(record.gaps(start, end + AFTER))
             rows.append(Row(request, response.status_code, param, end - start, during, rss_mib(pid)))
-        ended = [task.done() for task in tasks]
+        ended = [task for task in tasks if task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    if any(ended):
-        print("warning: a background stream ended during the run", file=sys.stderr)
+    if ended:
+        print(f"warning: a background stream failed: {ended[0].exception()!r}", file=sys.stderr)
     return before, rows
 
 
