@@ -114,3 +114,14 @@ async def test_the_queue_worker_sends_no_comments() -> None:
         await worker.close()
     assert frames[-1] == "data: [DONE]\n\n" and len(frames) == 4
     assert all(frame.startswith("data: ") for frame in frames)
+
+
+def test_the_keepalive_setting_takes_seconds_as_a_number() -> None:
+    from handler.config import ConfigError, settings_from_env
+
+    assert Settings().sse_keepalive == 15.0
+    assert settings_from_env({"SSE_KEEPALIVE": "2.5"}).sse_keepalive == 2.5
+    assert settings_from_env({"SSE_KEEPALIVE": "0"}).sse_keepalive == 0.0
+    for bad in ("-1", "nan", "inf", "soon"):
+        with pytest.raises(ConfigError, match="SSE_KEEPALIVE"):
+            settings_from_env({"SSE_KEEPALIVE": bad})
