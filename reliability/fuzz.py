@@ -55,6 +55,8 @@ CHECKS = [
 # Gaps of the served document that handler/openapi.py has yet to close; each check comes back
 # by itself once the document is fixed. Statuses it does not list, per operation:
 UNDOCUMENTED: set[tuple[str, int]] = set()
+# The comment a silent HTTP stream carries every SSE_KEEPALIVE seconds (handler/sse.py).
+KEEPALIVE_EVENT = ": keep-alive"
 MAX_RETRIES = 8  # parameters dropped from one refused request before giving up on it
 
 
@@ -105,6 +107,8 @@ def _stream_problem(body: bytes, complete: bool) -> str | None:
     if complete and not text.endswith("data: [DONE]\n\n"):
         return f"stream does not end with [DONE]: {text[-200:]!r}"
     for event in text.split("\n\n")[:-1]:
+        if event == KEEPALIVE_EVENT:
+            continue
         if not event.startswith("data: "):
             return f"malformed event {event[:200]!r}"
         data = event[len("data: ") :]

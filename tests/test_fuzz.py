@@ -102,6 +102,8 @@ ERROR = json.dumps({"error": {"message": "m", "type": "t", "param": None, "code"
         (404, b"Not Found", "text/plain", True),
         (200, f"data: {OK_CHUNK}\n\ndata: [DONE]\n\n".encode(), "text/event-stream", False),
         (200, f"data: {OK_CHUNK}\n\n".encode(), "text/event-stream", True),
+        (200, f": keep-alive\n\ndata: {OK_CHUNK}\n\ndata: [DONE]\n\n".encode(), "text/event-stream", False),
+        (200, f": other\n\ndata: {OK_CHUNK}\n\ndata: [DONE]\n\n".encode(), "text/event-stream", True),
         (200, f"data: {ERROR}\n\ndata: [DONE]\n\n".encode(), "text/event-stream", True),
         (200, b'data: {"object": "text_completion"}\n\ndata: [DONE]\n\n', "text/event-stream", True),
     ],
