@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from backends import loading
@@ -113,15 +113,22 @@ class Model:
             return list(self.tokenizer(prompt).input_ids)
         return list(prompt)
 
+    def prompt_text(self, prompt: str | Sequence[int]) -> str:
+        """The prompt as echo shows it: the string itself, or the ids decoded (special tokens kept)."""
+        if isinstance(prompt, str):
+            return prompt
+        return str(self.tokenizer.decode(list(prompt), skip_special_tokens=False)) if prompt else ""
+
     def __call__(self, prompt: str | Sequence[int] = "", **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Generate for one prompt, yielding a choice dict per new piece of text of each choice."""
         if self._engine is not None and self._engine.running:
             raise RuntimeError("the async engine is running: use `async for c in model.agenerate(...)`")
         params = make_params(**kwargs)
+        shaper = ChoiceShaper(params, self.prompt_text(prompt) if params.echo else "")
         request_id = self.core.add_request(self.encode(prompt), params)
-        return self._drive(request_id, params)
+        return self._drive(request_id, shaper)
 
-    def _drive(self, request_id: str, params: SamplingParams) -> Iterator[dict[str, Any]]:
+    def _drive(self, request_id: str, shaper: ChoiceShaper) -> Iterator[dict[str, Any]]:
         try:
             while True:
                 result = self.core.step()
@@ -129,7 +136,7 @@ class Model:
                     raise result.failures[request_id]
                 for output in result.outputs:
                     if output.request_id == request_id:
-                        yield from _choices(output, params)
+                        yield from shaper.choices(output)
                         if output.finished:
                             return
         finally:
@@ -140,12 +147,13 @@ class Model:
     ) -> AsyncIterator[dict[str, Any]]:
         """The async variant of calling the model; needs the engine started (`await model.engine.start()`)."""
         params = make_params(**kwargs)
+        shaper = ChoiceShaper(params, self.prompt_text(prompt) if params.echo else "")
         engine = self.engine
         if not engine.running:
             await engine.start()
         stream = engine.submit(self.encode(prompt), params)
         async for output in stream:
-            for choice in _choices(output, params):
+            for choice in shaper.choices(output):
                 yield choice
 
     def close(self) -> None:
@@ -154,20 +162,85 @@ class Model:
         self.backend.release([])
 
 
-def _choices(output: RequestOutput, params: SamplingParams) -> Iterator[dict[str, Any]]:
-    for delta in output.choices:
-        yield {
-            "text": delta.text,
-            "index": delta.index,
-            "logprobs": _logprobs(delta) if params.logprobs is not None else None,
-            "finish_reason": delta.finish_reason,
-        }
+class ChoiceShaper:
+    """One request's engine outputs as choice dicts, shaped as the HTTP API's completions are.
+
+    Each choice's first piece starts with the prompt when `echo` is asked (and its logprobs with
+    `logprobs`); `text_offset` counts characters from the start of the choice's text, echo included.
+    With `best_of`, nothing can be chosen before the end: the best `n` come whole, once finished.
+    """
+
+    def __init__(self, params: SamplingParams, prompt_text: str) -> None:
+        self.params = params
+        self.prompt_text = prompt_text
+        self.prompt_logprobs: list[TokenLogprob] = []
+        self.offsets: dict[int, int] = {}  # text_offset of each choice's next token
+        self.collected: dict[int, _Collected] = {}  # best_of: everything each sequence made
+
+    @property
+    def ranking(self) -> bool:
+        return self.params.best_of is not None and self.params.best_of > self.params.n
+
+    def choices(self, output: RequestOutput) -> Iterator[dict[str, Any]]:
+        """The choice dicts one engine output brings (none while best_of is still running)."""
+        if output.prompt_logprobs is not None:
+            self.prompt_logprobs = output.prompt_logprobs
+        for delta in output.choices:
+            text, entries = delta.text, list(delta.logprobs)
+            if delta.index not in self.offsets:
+                self.offsets[delta.index] = 0
+                if self.params.echo:
+                    text, entries = self.prompt_text + text, [*self.prompt_logprobs, *entries]
+            if self.ranking:
+                self.collected.setdefault(delta.index, _Collected()).add(text, entries, delta)
+            elif text or entries or delta.finish_reason is not None:
+                yield self._choice(delta.index, text, entries, delta.finish_reason)
+        if self.ranking and output.finished:
+            yield from self._best()
+
+    def _best(self) -> Iterator[dict[str, Any]]:
+        ranked = sorted(
+            sorted(self.collected.items()), key=lambda item: item[1].cumulative_logprob, reverse=True
+        )
+        for rank, (index, choice) in enumerate(ranked[: self.params.n]):
+            self.offsets[index] = 0
+            yield {**self._choice(index, choice.text, choice.logprobs, choice.finish_reason), "index": rank}
+
+    def _choice(
+        self, index: int, text: str, entries: list[TokenLogprob], finish_reason: str | None
+    ) -> dict[str, Any]:
+        logprobs = None
+        if self.params.logprobs is not None:
+            logprobs = _logprobs(entries, self.offsets[index])
+            self.offsets[index] += sum(len(entry.token) for entry in entries)
+        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def _logprobs(delta: ChoiceDelta) -> dict[str, Any]:
-    entries: list[TokenLogprob] = delta.logprobs
+@dataclass(slots=True)
+class _Collected:
+    """One best_of sequence, whole."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    cumulative_logprob: float = 0.0
+
+    def add(self, text: str, entries: list[TokenLogprob], delta: ChoiceDelta) -> None:
+        self.text += text
+        self.logprobs.extend(entries)
+        self.finish_reason = delta.finish_reason or self.finish_reason
+        self.cumulative_logprob = delta.cumulative_logprob
+
+
+def _logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
     return {
         "tokens": [e.token for e in entries],
         "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{t.token: t.logprob for t in e.top} for e in entries],
+        # Nothing predicts the first echoed prompt token, so it has no alternatives (as the API says).
+        "top_logprobs": [None if e.logprob is None else {t.token: t.logprob for t in e.top} for e in entries],
+        "text_offset": offsets,
     }

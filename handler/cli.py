@@ -23,6 +23,7 @@ Read from the environment only:
   MAX_MEMORY=...     hf_int8: per-device budget, e.g. 0:20GiB,1:20GiB,cpu:64GiB
   LOAD_IN_4BIT=1     hf_int8: nf4 weights instead of LLM.int8
   OMP_NUM_THREADS=N  as THREADS, for every OpenMP user in the process
+  LADLE_CGROUP_ROOT  where THREADS=0 reads the cgroup CPU quota (default /sys/fs/cgroup)
 """
 
 

@@ -47,6 +47,12 @@ class Settings:
     threads: int = 0
     engine_stall_timeout: float = 120.0
     device: str = "auto"
+    completion_max_stop_length: int = 1024
+    completion_max_logit_bias: int = 1024
+    completion_max_prompts: int = 32
+    chat_max_messages: int = 1024
+    chat_max_chars: int = 262_144
+    sse_keepalive: float = 15.0
 
     def __repr__(self) -> str:
         # The API key must never reach a log line.
@@ -84,10 +90,10 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _KINDS = {
     **{name: "str" for name in _FIELDS},
     **{name: "int" for name in _FIELDS if isinstance(_FIELDS[name].default, int)},
+    **{name: "float" for name in _FIELDS if isinstance(_FIELDS[name].default, float)},
     "trust_remote_code": "bool",
     "log_prompts": "bool",
     "cors_origins": "list",
-    "engine_stall_timeout": "float",
 }
 
 OPTIONS: tuple[Option, ...] = (
@@ -154,8 +160,27 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "threads",
         "THREADS",
-        "CPU threads for the forward (torch.set_num_threads); 0 keeps torch's default, one per core."
-        " On a shared or CPU-limited host, set the cores this process really gets",
+        "CPU threads for the forward (torch.set_num_threads); 0 counts the CPUs this process may use:"
+        " its affinity mask and its cgroup CPU quota, whichever is smaller",
+        0,
+    ),
+    Option(
+        "completion_max_stop_length",
+        "COMPLETION_MAX_STOP_LENGTH",
+        "longest stop string accepted, in characters (at most this much text is held back while streaming)",
+        1,
+    ),
+    Option("completion_max_logit_bias", "COMPLETION_MAX_LOGIT_BIAS", "most logit_bias entries accepted", 0),
+    Option("completion_max_prompts", "COMPLETION_MAX_PROMPTS", "most prompts in one completions request", 1),
+    Option("chat_max_messages", "CHAT_MAX_MESSAGES", "most messages in one chat request", 1),
+    Option(
+        "chat_max_chars", "CHAT_MAX_CHARS", "most characters of all a chat request's messages together", 1
+    ),
+    Option(
+        "sse_keepalive",
+        "SSE_KEEPALIVE",
+        "seconds a stream may stay silent (queued, or in a long prefill) before an SSE comment keeps"
+        " proxies from closing it; 0 sends none",
         0,
     ),
     Option(

@@ -108,7 +108,7 @@ async def _generate(request: Request, create: Callable[[OpenAIService, Any], Awa
     reply = await _until_disconnect(request, create(service, body))
     if isinstance(reply, BaseModel):
         return json_response(reply)
-    return EventSourceResponse(reply)
+    return EventSourceResponse(reply, keepalive=state.settings.sse_keepalive)
 
 
 async def read_json(request: Request, limit: int) -> Any:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+
+from backends.cpus import CpuCount, usable_cpus
 
 if TYPE_CHECKING:
     from backends.async_engine import AsyncEngine
@@ -34,9 +38,9 @@ def load_served_model(settings: Settings) -> ServedModel:
 
     from backends import load_model
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    log.info("torch uses %d CPU thread(s) for the forward", torch.get_num_threads())
+    threads = forward_threads(settings.threads)
+    torch.set_num_threads(threads.count)
+    log.info("torch uses %d CPU thread(s) for the forward (from the %s)", threads.count, threads.source)
     model: ServedModel = load_model(
         settings.model,
         backend=settings.backend,
@@ -48,3 +52,14 @@ def load_served_model(settings: Settings) -> ServedModel:
         cache_dir=settings.ladle_cache,
     )
     return model
+
+
+def forward_threads(setting: int, environ: Mapping[str, str] | None = None) -> CpuCount:
+    """THREADS when set; else OMP_NUM_THREADS when set (torch reads it); else the CPUs we may use."""
+    environ = os.environ if environ is None else environ
+    if setting:
+        return CpuCount(setting, "THREADS setting")
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return CpuCount(int(omp), "OMP_NUM_THREADS variable")
+    return usable_cpus()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from handler.bounds import RequestBounds
 from handler.chat import ChatStream, chat_body
 from handler.completions import CompletionStream, completion_body
 from handler.errors import (
@@ -63,6 +64,7 @@ class OpenAIService:
             max_logprobs=settings.completion_max_logprobs,
             max_total_tokens=settings.completion_max_total_tokens,
         )
+        self.bounds = RequestBounds.from_settings(settings)
         self.log_prompts = settings.log_prompts
         self.prompts = PromptBuilder(
             model.tokenizer,
@@ -90,6 +92,7 @@ class OpenAIService:
 
     async def completion(self, body: Any) -> Reply:
         """POST /v1/completions: a Completion, or (stream) an async iterator of chunks."""
+        self.bounds.check_completion(body)
         request = self._parse(CompletionRequest, body)
         params = request.sampling_params(self.limits)
         prompts = self.prompts.completion_prompts(request.prompt)
@@ -101,6 +104,7 @@ class OpenAIService:
 
     async def chat_completion(self, body: Any) -> Reply:
         """POST /v1/chat/completions: a ChatCompletion, or (stream) an async iterator of chunks."""
+        self.bounds.check_chat(body)
         request = self._parse(ChatCompletionRequest, body)
         params = request.sampling_params(self.limits)
         prompt = self.prompts.chat_prompt(request.messages)

@@ -1,9 +1,17 @@
-"""Server-sent events: `data: {json}` per chunk, then `data: [DONE]`."""
+"""Server-sent events: `data: {json}` per chunk, then `data: [DONE]`; over HTTP, comments keep a
+silent stream alive.
+
+Load balancers and serverless front ends close a connection that carries nothing for a minute or
+so, and a stream is silent while its request waits in the queue or behind a long prefill. An SSE
+comment line (`: keep-alive`) is ignored by every client, the official openai one included.
+The queue worker shares `sse_frames` and sends no comments: its output is not a connection.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import anyio
 from pydantic import BaseModel
@@ -13,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 log = logging.getLogger("ladle")
 
 DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def encode_event(chunk: BaseModel) -> bytes:
@@ -36,9 +45,13 @@ class EventSourceResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, chunks: AsyncGenerator[BaseModel, None], headers: dict[str, str] | None = None
+        self,
+        chunks: AsyncGenerator[BaseModel, None],
+        headers: dict[str, str] | None = None,
+        keepalive: float = 0.0,
     ) -> None:
         self.chunks = chunks
+        self.keepalive = keepalive
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
@@ -60,9 +73,48 @@ class EventSourceResponse(Response):
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for frame in sse_frames(self.chunks):
+
+        async def emit(frame: bytes) -> None:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
+
+        await send_with_keepalive(sse_frames(self.chunks), emit, self.keepalive)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def send_with_keepalive(
+    frames: AsyncIterator[bytes], emit: Callable[[bytes], Awaitable[None]], interval: float
+) -> None:
+    """Emit every frame, and a KEEPALIVE comment whenever none came for `interval` seconds (0: never).
+
+    The next frame is awaited in its own task, which a timeout leaves running (cancelling it would
+    lose a frame that arrives at that moment); it is cancelled only when the stream ends early.
+    """
+    if interval <= 0:
+        async for frame in frames:
+            await emit(frame)
+        return
+    upcoming: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if upcoming is None:
+                upcoming = asyncio.ensure_future(anext(frames))
+            done, _ = await asyncio.wait({upcoming}, timeout=interval)
+            if not done:
+                await emit(KEEPALIVE)
+                continue
+            finished, upcoming = upcoming, None
+            try:
+                frame = finished.result()
+            except StopAsyncIteration:
+                return
+            await emit(frame)
+    finally:
+        if upcoming is not None:
+            upcoming.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({upcoming})
+            if not upcoming.cancelled():
+                upcoming.exception()  # retrieved: the stream already ends with the error that ended it
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

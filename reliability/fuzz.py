@@ -37,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from handler.replies import ChatCompletionChunk, Completion
+from reliability.fuzz_bounds import oversized_requests, refusal_problem, send
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 # What each event of a stream must be, by its "object" field.
@@ -54,6 +55,8 @@ CHECKS = [
 # Gaps of the served document that handler/openapi.py has yet to close; each check comes back
 # by itself once the document is fixed. Statuses it does not list, per operation:
 UNDOCUMENTED: set[tuple[str, int]] = set()
+# The comment a silent HTTP stream carries every SSE_KEEPALIVE seconds (handler/sse.py).
+KEEPALIVE_EVENT = ": keep-alive"
 MAX_RETRIES = 8  # parameters dropped from one refused request before giving up on it
 
 
@@ -104,6 +107,8 @@ def _stream_problem(body: bytes, complete: bool) -> str | None:
     if complete and not text.endswith("data: [DONE]\n\n"):
         return f"stream does not end with [DONE]: {text[-200:]!r}"
     for event in text.split("\n\n")[:-1]:
+        if event == KEEPALIVE_EVENT:
+            continue
         if not event.startswith("data: "):
             return f"malformed event {event[:200]!r}"
         data = event[len("data: ") :]
@@ -214,6 +219,16 @@ class Fuzzer:
             if case.method == "POST" and isinstance(case.body, dict):
                 self.resend(case.formatted_path, case.body, param, label)
 
+    def oversized(self) -> None:
+        """Send one request far past each bound; each must be a 400 naming its field."""
+        for request in oversized_requests():
+            self.report.cases["oversized"] += 1
+            response = send(self.session, self.base_url, request)
+            self.report.statuses[response.status_code] += 1
+            problem = refusal_problem(request, response.status_code, response.content)
+            if problem is not None:
+                self.report.fail("oversized", problem, f"POST {request.path} ({request.size} bytes)")
+
     def resend(self, path: str, body: dict[str, Any], param: str, label: str) -> None:
         """Drop refused parameters one at a time until the request is accepted (or gives out)."""
         label = f"{label}, resent"
@@ -271,6 +286,7 @@ def fuzz(base_url: str, max_examples: int, report: FuzzReport | None = None) -> 
                 continue
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 fuzzer.operation(result.ok(), mode, max_examples)
+        fuzzer.oversized()
     return report
 
 

@@ -110,13 +110,18 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning"}
     if args.model:
         env["MODEL"] = args.model
+    env.update(dict(item.split("=", 1) for item in args.server_env))
     if args.threads:
         # torch sizes its pool by the machine's cores, not by what this process gets of them; on a
         # shared machine its spinning threads then slow every step many times over.
         env["OMP_NUM_THREADS"] = str(args.threads)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "handler"], cwd=ROOT, env=env, stdout=out, stderr=out
+            [*pinned(args.server_cpus), sys.executable, "-m", "handler"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.load_timeout
@@ -131,10 +136,15 @@ def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen[
     raise SystemExit(f"soak: the server did not become healthy; see {log}")
 
 
+def pinned(cpus: str | None) -> list[str]:
+    """The `taskset` prefix that confines a command to a CPU list ("0", "1-3"), or none."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 def start_load(args: argparse.Namespace, url: str, out: Path) -> subprocess.Popen[bytes]:
     """The headless Locust suite, bounded by its own run time and stop timeout."""
     command = [
-        sys.executable, "-m", "loadtest", "--url", url, "--users", str(args.users),
+        *pinned(args.load_cpus), sys.executable, "-m", "loadtest", "--url", url, "--users", str(args.users),
         "--duration", f"{args.duration}s", "--max-tokens", str(args.max_tokens),
         "--user-class", args.user_class, "--out", str(out), "--label", "soak", "--stop-timeout", "60s",
     ]  # fmt: skip
@@ -244,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--max-growth", type=float, default=0.10, help="allowed RSS growth after warm-up")
     parser.add_argument(
-        "--threads", type=int, default=0, help="OMP_NUM_THREADS of the server (0: torch's choice)"
+        "--threads", type=int, default=0, help="OMP_NUM_THREADS of the server (0: the server counts its CPUs)"
+    )
+    parser.add_argument("--server-cpus", help="confine the server to these CPUs (taskset -c), e.g. 0")
+    parser.add_argument("--load-cpus", help="confine the load generator to these CPUs, e.g. 1")
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="KEY=VALUE", help="more server environment"
     )
     parser.add_argument(
         "--load-timeout", type=float, default=900.0, help="seconds the model may take to load"

@@ -95,7 +95,8 @@ def live_server(
 def sse_events(raw: str) -> list[str]:
     """The data fields of a server-sent event stream; every event must be `data: ...` and a blank line."""
     assert raw.endswith("\n\n"), raw[-50:]
-    events = raw[:-2].split("\n\n")
+    # Keep-alive comments fill silences longer than SSE_KEEPALIVE (a slow machine); they carry nothing.
+    events = [event for event in raw[:-2].split("\n\n") if event != ": keep-alive"]
     for event in events:
         assert event.startswith("data: ") and "\n" not in event, event
     return [event[len("data: ") :] for event in events]

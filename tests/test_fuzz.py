@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+import requests
 
 from reliability.fuzz import fuzz, refused_param, shape_problem, without
+from reliability.fuzz_bounds import Oversized, oversized_requests, refusal_problem, send
 from reliability.live import Checked, fuzz_server
 
 MAX_EXAMPLES = 50  # per operation and mode: about 450 requests, some 40 s on two busy cores
@@ -100,6 +102,8 @@ ERROR = json.dumps({"error": {"message": "m", "type": "t", "param": None, "code"
         (404, b"Not Found", "text/plain", True),
         (200, f"data: {OK_CHUNK}\n\ndata: [DONE]\n\n".encode(), "text/event-stream", False),
         (200, f"data: {OK_CHUNK}\n\n".encode(), "text/event-stream", True),
+        (200, f": keep-alive\n\ndata: {OK_CHUNK}\n\ndata: [DONE]\n\n".encode(), "text/event-stream", False),
+        (200, f": other\n\ndata: {OK_CHUNK}\n\ndata: [DONE]\n\n".encode(), "text/event-stream", True),
         (200, f"data: {ERROR}\n\ndata: [DONE]\n\n".encode(), "text/event-stream", True),
         (200, b'data: {"object": "text_completion"}\n\ndata: [DONE]\n\n', "text/event-stream", True),
     ],
@@ -130,3 +134,23 @@ def test_a_vanishing_temperature_samples_greedily(server: Checked) -> None:
     tiny = post(server, {**body, "temperature": 5e-324}).json()["choices"][0]
     assert tiny["text"] == greedy["text"]
     assert all(isinstance(value, float) for value in tiny["logprobs"]["token_logprobs"])
+
+
+# -- requests far past each bound (reliability/fuzz_bounds.py) ------------------------------------
+
+
+@pytest.mark.parametrize("request_", oversized_requests(), ids=lambda r: r.name)
+def test_a_request_far_past_a_bound_is_a_400_naming_its_field(server: Checked, request_: Oversized) -> None:
+    assert request_.size < 4 * 1024 * 1024  # within MAX_BODY_SIZE: the bound, not the body limit, refuses it
+    with requests.Session() as session:
+        response = send(session, server.url, request_)
+    assert refusal_problem(request_, response.status_code, response.content) is None, response.text
+    assert server.running() == 0  # nothing reached the engine
+
+
+def test_the_bounds_oracle_tells_bad_answers() -> None:
+    stop = oversized_requests()[0]
+    assert refusal_problem(stop, 400, ERROR.replace("null", '"stop"', 1).encode()) is None
+    assert refusal_problem(stop, 400, ERROR.encode()) is not None  # no param named
+    assert refusal_problem(stop, 200, b"{}") is not None
+    assert refusal_problem(stop, 400, b"oops") is not None

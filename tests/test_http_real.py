@@ -200,13 +200,15 @@ def test_threads_setting_sets_torch_threads(monkeypatch: pytest.MonkeyPatch) -> 
     import torch
 
     import backends
+    from backends.cpus import usable_cpus
 
     seen: list[int] = []
     monkeypatch.setattr(backends, "load_model", lambda *a, **k: seen.append(torch.get_num_threads()))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
         load_served_model(Settings(threads=1))
-        load_served_model(Settings())  # 0 leaves the count as it is
+        load_served_model(Settings())  # 0 counts the CPUs this process may use (tests/test_cpus.py)
     finally:
         torch.set_num_threads(before)
-    assert seen == [1, 1]
+    assert seen == [1, usable_cpus().count]

@@ -8,7 +8,9 @@ import dataclasses
 import json
 import logging
 import socket
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -266,3 +268,161 @@ def test_the_settings_put_the_limits_in_front_of_the_app() -> None:
     app = create_app(settings, loader=fake_loader())
     limits = [m for m in app.user_middleware if m.cls is ClientLimitsMiddleware]
     assert len(limits) == 1 and limits[0].kwargs == {"max_concurrent": 7, "timeout": 9}
+
+
+# -- bounds on the sizes a request controls (handler/bounds.py) -------------------------------------
+
+BOUNDS = Settings(
+    completion_max_prompt=500,
+    completion_max_tokens=4_000,
+    completion_max_stop_length=8,
+    completion_max_logit_bias=4,
+    completion_max_prompts=3,
+    chat_max_messages=4,
+    chat_max_chars=100,
+)
+CHAT = "/v1/chat/completions"
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+# (path, body within the bounds, body past them, the param named)
+OVER_BOUNDS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
+    ("/v1/completions", {"prompt": "x", "stop": "12345678"}, {"prompt": "x", "stop": "123456789"}, "stop"),
+    (
+        CHAT,
+        {"messages": [user("x")], "stop": ["a", "8" * 8]},
+        {"messages": [user("x")], "stop": ["a", "9" * 9]},
+        "stop",
+    ),
+    (
+        "/v1/completions",
+        {"prompt": "x", "logit_bias": {str(i): 1 for i in range(4)}},
+        {"prompt": "x", "logit_bias": {str(i): 1 for i in range(5)}},
+        "logit_bias",
+    ),
+    ("/v1/completions", {"prompt": ["a", "b", "c"]}, {"prompt": ["a", "b", "c", "d"]}, "prompt"),
+    ("/v1/completions", {"prompt": [[1], [2], [3]]}, {"prompt": [[1], [2], [3], [4]]}, "prompt"),
+    ("/v1/completions", {"prompt": [1] * 500}, {"prompt": [1] * 501}, "prompt"),
+    # Past the vocabulary as well: the length is what is checked first, before any id is looked up.
+    ("/v1/completions", {"prompt": [[1] * 500]}, {"prompt": [[10**9] * 501]}, "prompt"),
+    (CHAT, {"messages": [user("x")] * 4}, {"messages": [user("x")] * 5}, "messages"),
+    (CHAT, {"messages": [user("x" * 50)] * 2}, {"messages": [user("x" * 50), user("x" * 51)]}, "messages"),
+    (
+        CHAT,
+        {"messages": [user("x" * 100)]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 101}]}]},
+        "messages",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def bounded() -> Iterator[LiveServer]:
+    with limited_server(BOUNDS, step_delay=0.005, context_length=8_192) as live:
+        yield live
+
+
+@pytest.mark.parametrize(("path", "within", "over", "param"), OVER_BOUNDS)
+def test_each_bound_refuses_one_past_it_naming_the_field(
+    bounded: LiveServer, path: str, within: dict[str, Any], over: dict[str, Any], param: str
+) -> None:
+    fake = engine(bounded)
+    ok = post(bounded, {**within, "max_tokens": 2}, path)
+    assert ok.status_code == 200, ok.text
+    submitted = len(fake.submitted)
+    error = assert_error(post(bounded, {**over, "max_tokens": 2}, path), 400, param)
+    assert error["type"] == "invalid_request_error"
+    assert len(fake.submitted) == submitted  # refused before it reached the engine
+
+
+def test_the_json_depth_stays_bounded(bounded: LiveServer) -> None:
+    depth = 100_000
+    raw = '{"prompt": "x", "user": ' + "[" * depth + '"x"' + "]" * depth + "}"
+    response = httpx.post(bounded.url + "/v1/completions", content=raw, timeout=30)
+    assert_error(response, 400)
+
+
+def test_the_bounds_are_settings_with_documented_defaults() -> None:
+    from handler.bounds import RequestBounds
+    from handler.config import settings_from_env
+
+    settings = settings_from_env(
+        {
+            "COMPLETION_MAX_STOP_LENGTH": "7",
+            "COMPLETION_MAX_LOGIT_BIAS": "0",
+            "COMPLETION_MAX_PROMPTS": "2",
+            "CHAT_MAX_MESSAGES": "9",
+            "CHAT_MAX_CHARS": "99",
+            "COMPLETION_MAX_PROMPT": "11",
+        }
+    )
+    assert RequestBounds.from_settings(settings) == RequestBounds(7, 0, 2, 11, 9, 99)
+    assert RequestBounds.from_settings(Settings()) == RequestBounds()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for env, default in [
+        ("COMPLETION_MAX_STOP_LENGTH", 1024),
+        ("COMPLETION_MAX_LOGIT_BIAS", 1024),
+        ("COMPLETION_MAX_PROMPTS", 32),
+        ("CHAT_MAX_MESSAGES", 1024),
+        ("CHAT_MAX_CHARS", 262144),
+    ]:
+        assert f"| `{env}` | `{default}` |" in readme
+
+
+def test_a_request_over_each_bound_is_refused_while_streams_keep_streaming(bounded: LiveServer) -> None:
+    """Eight long streams run; every over-bound request is answered 400 while all of them are still
+    streaming, and each of them gains chunks after the refusals (ordering and progress, no clocks)."""
+    body = {"prompt": "Hi", "max_tokens": 3_000, "ignore_eos": True, "stream": True}
+    counts = [0] * 8
+    ended = [False] * 8
+
+    def read(index: int) -> None:
+        with httpx.stream("POST", bounded.url + "/v1/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    counts[index] += 1
+        ended[index] = True
+
+    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(8)]
+    for reader in readers:
+        reader.start()
+    try:
+        wait_until(lambda: all(count > 0 for count in counts), 60, "the streams did not start")
+        for path, _, over, param in OVER_BOUNDS:
+            assert_error(post(bounded, over, path), 400, param)
+        assert not any(ended), "a stream ended before the refusals were all answered"
+        after_refusals = list(counts)
+        wait_until(
+            lambda: all(now > then for now, then in zip(counts, after_refusals, strict=True)),
+            60,
+            "a stream stopped making progress",
+        )
+        assert not any(ended)
+    finally:
+        for stream in list(engine(bounded).active.values()):
+            stream.abort()
+        for reader in readers:
+            reader.join(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "x", "stop": 5}),
+        ("/v1/completions", {"prompt": "x", "stop": ["a", 5]}),
+        ("/v1/completions", {"prompt": "x", "logit_bias": [1, 2]}),
+        ("/v1/completions", {"prompt": [[1], "a", 5]}),
+        ("/v1/completions", {"prompt": [1, "a"]}),
+        (CHAT, {"messages": "hi"}),
+        (CHAT, {"messages": [5, {"role": "user", "content": [5, {"text": 3}]}]}),
+        (CHAT, {"messages": [{"role": "assistant", "content": "x", "tool_calls": 7, "name": 1}]}),
+    ],
+)
+def test_the_bounds_leave_wrong_types_to_validation(
+    bounded: LiveServer, path: str, body: dict[str, Any]
+) -> None:
+    # The bounds read the raw JSON; whatever has the wrong type there is validation's to name.
+    assert_error(post(bounded, body, path), 400)

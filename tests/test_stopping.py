@@ -188,3 +188,72 @@ def test_random_splits_emit_the_text_before_the_first_stop(stops: list[str]) -> 
                 emitted += matcher.flush()
             assert emitted == expected, (stops, deltas)
             assert matcher.stopped == (index >= 0)
+
+
+class ReferenceMatcher:
+    """The obvious quadratic matcher (every prefix stored, every suffix tried): the oracle."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in dict.fromkeys(stops) if s]
+        self.prefixes = {s[:n] for s in self.stops for n in range(1, len(s))}
+        self.pending = ""
+        self.stopped = False
+
+    def first(self, text: str) -> int:
+        return min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+
+    def hold(self, text: str) -> int:
+        sizes = [n for n in range(1, len(text) + 1) if text[-n:] in self.prefixes]
+        return len(text) - max(sizes, default=0)
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        if self.stopped or not self.stops:
+            return ("", True) if self.stopped else (delta, False)
+        text = self.pending + delta
+        match, hold = self.first(text), self.hold(text)
+        if 0 <= match <= hold:
+            self.pending, self.stopped = "", True
+            return text[:match], True
+        self.pending = text[hold:]
+        return text[:hold], False
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        text, self.pending = self.pending, ""
+        match = self.first(text)
+        self.stopped = match >= 0
+        return text[:match] if match >= 0 else text
+
+
+def test_every_feed_matches_the_reference_on_random_text() -> None:
+    # Small alphabets make overlapping, nested and repeated stops common.
+    rng = random.Random(13)
+    for _ in range(3000):
+        alphabet = "ab" if rng.random() < 0.5 else "abc"
+        stops = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 5))) for _ in range(4)]
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 8))))
+        deltas = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        ours, reference = StopMatcher(stops), ReferenceMatcher(stops)
+        for delta in deltas:
+            assert ours.feed(delta) == reference.feed(delta), (stops, deltas)
+        assert ours.flush() == reference.flush(), (stops, deltas)
+        assert ours.stopped == reference.stopped
+
+
+def test_a_huge_stop_costs_memory_linear_in_its_length() -> None:
+    # The bug: one 200,000-character stop stored all its prefixes (20 GB) and searched them per token.
+    import tracemalloc
+
+    size = 200_000
+    tracemalloc.start()
+    try:
+        matcher = StopMatcher(["a" * size + "b"])
+        emitted = sum(len(matcher.feed("a" * 1000)[0]) for _ in range(size // 1000 + 5))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert emitted == 5000  # all but the last `size` characters, which may still become the stop
+    assert matcher.feed("b") == ("", True)
+    assert peak < 200 * 1024 * 1024, peak  # the old matcher needed some 40 GB here
