@@ -44,6 +44,9 @@ class Settings:
     drain_timeout: int = 25
     health_loading_status: int = 503
     threads: int = 0
+    prefix_cache: bool = True
+    prefix_cache_tokens: int = 16384
+    prefill_chunk_tokens: int = 128
 
     def __repr__(self) -> str:
         # The API key must never reach a log line.
@@ -83,6 +86,7 @@ _KINDS = {
     **{name: "int" for name in _FIELDS if isinstance(_FIELDS[name].default, int)},
     "trust_remote_code": "bool",
     "log_prompts": "bool",
+    "prefix_cache": "bool",
     "cors_origins": "list",
 }
 
@@ -153,6 +157,23 @@ OPTIONS: tuple[Option, ...] = (
         "CPU threads for the forward (torch.set_num_threads); 0 keeps torch's default, one per core."
         " On a shared or CPU-limited host, set the cores this process really gets",
         0,
+    ),
+    Option(
+        "prefix_cache",
+        "PREFIX_CACHE",
+        "keep the KV of processed tokens and reuse it for prompts that start the same (decoder-only models)",
+    ),
+    Option(
+        "prefix_cache_tokens",
+        "PREFIX_CACHE_TOKENS",
+        "tokens the prefix cache holds at most, least recently used evicted first",
+        32,
+    ),
+    Option(
+        "prefill_chunk_tokens",
+        "PREFILL_CHUNK_TOKENS",
+        "prompt tokens prefilled per engine step while other streams decode (longer prompts go in chunks)",
+        1,
     ),
 )
 
