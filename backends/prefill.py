@@ -116,11 +116,18 @@ class Prefiller:
         """Keep the computed blocks of finished sequences (prompt and output) in the prefix cache."""
         if self.cache is None:
             return
-        staged: Any = self.backend
         for s in seqs:
-            ids = s.seq.token_ids
             # The last token was sampled but never fed: its KV does not exist.
-            self.cache.insert(ids, len(ids) - 1, partial(staged.export, s.seq))
+            self._keep(s.seq.token_ids, len(s.seq.token_ids) - 1, s.seq)
+
+    def _keep(self, token_ids: list[int], computed: int, seq: Any) -> None:
+        """Insert a sequence's blocks; a failure costs future hits, never this request."""
+        assert self.cache is not None
+        staged: Any = self.backend
+        try:
+            self.cache.insert(token_ids, computed, partial(staged.export, seq))
+        except Exception:
+            log.exception("keeping sequence %d in the prefix cache failed", seq.seq_id)
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -182,9 +189,7 @@ class Prefiller:
         if job.echo:
             job.request.prompt_logprobs = job.prompt_logprobs
         if self.cache is not None:
-            staged: Any = self.backend
-            seq = job.parent.seq
-            self.cache.insert(seq.token_ids, job.done, partial(staged.export, seq))
+            self._keep(job.parent.seq.token_ids, job.done, job.parent.seq)
         result.ready.append((job.request, logits))
 
     def _abandon(self, job: PrefillJob, exc: Exception, result: PrefillResult) -> None:
