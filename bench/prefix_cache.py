@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from itertools import pairwise
 from typing import Any
+
+import torch
 
 from backends.library import load_model
 from backends.params import SamplingParams
@@ -72,9 +75,8 @@ def conversation(core: Any, tok: Any, turns: int = 8) -> dict[str, Any]:
     for turn in range(turns):
         user = tok.decode(text_of_tokens(tok, 150, salt=f"Turn {turn}. "))
         messages.append({"role": "user", "content": user})
-        prompt = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-        if isinstance(prompt[0], list):
-            prompt = prompt[0]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = list(tok(text, add_special_tokens=False).input_ids)
         seconds, answer, cached = ttft(core, prompt, max_tokens=24)
         messages.append({"role": "assistant", "content": tok.decode(answer, skip_special_tokens=True)})
         rows.append(
@@ -129,22 +131,28 @@ def main() -> None:
     parser.add_argument(
         "--chunk", type=int, default=None, help="PREFILL_CHUNK_TOKENS (default: the engine's)"
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--only", default="system_prompt,conversation,stall,stall_unchunked")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    only = set(args.only.split(","))
     extra = {"prefill_chunk_tokens": args.chunk} if args.chunk else {}
     model = load_model(args.model, backend=args.backend, dtype="float32", device="cpu", **extra)
     core, tok = model.core, model.tokenizer
     ttft(core, text_of_tokens(tok, 64, salt="Warm-up. "), max_tokens=2)
-    report = {
-        "system_prompt": system_prompt(core, tok),
-        "conversation": conversation(core, tok),
-        "stall": stall(core, tok),
-    }
-    nochunk = load_model(
-        args.model, backend=args.backend, dtype="float32", device="cpu", prefill_chunk_tokens=10**6
-    )
+    report: dict[str, Any] = {}
+    for name, run in (("system_prompt", system_prompt), ("conversation", conversation), ("stall", stall)):
+        if name in only:
+            report[name] = run(core, tok)
+            print(name, json.dumps(report[name]), file=sys.stderr, flush=True)
     model.close()
-    report["stall_unchunked"] = stall(nochunk.core, tok)
+    if "stall_unchunked" in only:
+        whole = load_model(
+            args.model, backend=args.backend, dtype="float32", device="cpu", prefill_chunk_tokens=10**6
+        )
+        report["stall_unchunked"] = stall(whole.core, tok)
     print(json.dumps(report, indent=2))
     if args.json:
         with open(args.json, "w") as handle:

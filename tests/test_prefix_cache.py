@@ -216,3 +216,32 @@ def test_cached_tokens_reach_the_openai_client() -> None:
 
         body = httpx.get(metrics, timeout=10).text
         assert 'ladle_prefix_cache_tokens{kind="hit"}' in body and "ladle_prefix_cache_hit_rate" in body
+
+
+@pytest.mark.slow
+def test_default_model_output_is_the_same_with_the_cache() -> None:
+    from backends.library import load_model
+
+    model = load_model(max_batch_size=4)
+    try:
+        tok = model.tokenizer
+        system = "You answer questions about the solar system in one short sentence. " * 6
+        prompts = []
+        for question in ("What is the largest planet?", "Which planet is closest to the sun?"):
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            prompts.append(list(tok(rendered, add_special_tokens=False).input_ids))
+        _compare_prompts(model.backend, prompts)
+    finally:
+        model.close()
+
+
+def _compare_prompts(backend: Any, prompts: list[list[int]]) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=1)
+    off = _run(EngineCore(backend, 4, prefix_cache_tokens=None), prompts, params, stagger=True)
+    core = EngineCore(backend, 4)
+    on = _run(core, prompts, params, stagger=True)
+    assert core.prefix_cache is not None and core.prefix_cache.hit_tokens >= 2 * B
+    for (tokens_on, lp_on), (tokens_off, lp_off) in zip(on, off, strict=True):
+        assert tokens_on == tokens_off
+        assert max(abs(a - b) for a, b in zip(lp_on, lp_off, strict=True)) < 1e-4
