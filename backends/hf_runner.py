@@ -16,6 +16,9 @@ from backends.errors import InvalidRequestError
 
 log = logging.getLogger("ladle.backend")
 
+# Batches whose lengths differ by more than 2x plus this many columns decode as separate cohorts.
+COHORT_SLACK = 256
+
 
 class TransformersRunner:
     """Runs any Transformers causal or seq2seq LM; sequences join and leave the batch between steps."""
@@ -66,11 +69,23 @@ class TransformersRunner:
     def _adopt(self, batch: BatchCache) -> None:
         """Merge a newly prefilled batch into a running one (or keep it as a cohort of its own)."""
         for running in self.batches:
-            if not self.aligned_only or (running.length == batch.length and not running.padded):
+            if self._joins(running, batch):
                 running.merge(batch)
                 break
         else:
             self.batches.append(batch)
+
+    def _joins(self, running: BatchCache, batch: BatchCache) -> bool:
+        """Whether a new batch merges into a running one.
+
+        Cohorts of very different lengths stay apart: left-padding 8 short rows to a 3,000-token
+        newcomer would copy and attend 3,000 columns for every row at every step, where a second
+        forward per step over the newcomer alone costs far less.
+        """
+        if self.aligned_only:
+            return running.length == batch.length and not running.padded
+        short, long = sorted((running.length, batch.length))
+        return long <= 2 * short + COHORT_SLACK
 
     @torch.inference_mode()
     def decode(self, seqs: Sequence[Seq]) -> torch.Tensor:
