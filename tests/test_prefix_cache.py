@@ -267,3 +267,20 @@ def test_hf_int8_output_stays_within_its_tolerance_with_the_cache() -> None:
 
 
 INT8_TOLERANCE = 0.05  # on chosen-token logprobs, as hf_int8's agreement test allows picks to differ
+
+
+def test_prefix_cache_setting_turns_it_off_and_sizes_it() -> None:
+    from handler.config import settings_from_env
+
+    assert settings_from_env({"PREFIX_CACHE": "0"}).prefix_cache is False
+    tiny = str(tiny_model_dir("llama"))
+    off = load_served_model(Settings(model=tiny, prefix_cache=False))
+    on = load_served_model(Settings(model=tiny, prefix_cache_tokens=4 * B, prefill_chunk_tokens=7))
+    try:
+        assert off.core.prefix_cache is None  # type: ignore[attr-defined]
+        stats = on.core.prefix_cache  # type: ignore[attr-defined]
+        assert stats is not None and stats.capacity_tokens == 4 * B
+        assert on.core.prefiller.chunk_tokens == 7  # type: ignore[attr-defined]
+    finally:
+        off.close()
+        on.close()
