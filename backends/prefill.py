@@ -167,16 +167,18 @@ class Prefiller:
         try:
             logits = self.backend.prefill([j.parent.seq for j in jobs])  # [R, V]
         except Exception as exc:
-            if len(jobs) == 1 or not self.staging:
-                log.exception("prefill failed for %d request(s)", len(jobs))
-                for job in jobs:
-                    self._abandon(job, exc, result)
+            if len(jobs) == 1:
+                log.exception("prefill failed for request %s", jobs[0].request.request_id)
+                self._abandon(jobs[0], exc, result)
                 return
             # One prompt may be at fault (too large for memory): run each on its own.
             log.warning("prefill of %d requests failed (%s); retrying one by one", len(jobs), exc)
             self.backend.release([j.parent.seq for j in jobs])
             for job in jobs:
-                self._chunk(job, None, result)
+                if self.staging:
+                    self._chunk(job, None, result)
+                else:
+                    self._run_whole([job], result)
             return
         for i, job in enumerate(jobs):
             job.done = len(job.request.prompt_ids)

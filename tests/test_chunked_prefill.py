@@ -104,3 +104,29 @@ def test_waiting_requests_are_admitted_in_order() -> None:
             if out.request_id not in order:
                 order.append(out.request_id)
     assert order == [first, *later]
+
+
+def test_a_failed_batched_prefill_retries_each_prompt_alone() -> None:
+    backend = tiny_backend("llama")
+    prefill, extend = backend.prefill, backend.extend
+
+    def oom_if_long(seqs: Any) -> Any:
+        if any(len(s.token_ids) > 200 for s in seqs):
+            raise MemoryError("injected")
+        return prefill(seqs)
+
+    def chunk_oom_if_long(seq: Any, count: int, all_logits: bool = False) -> Any:
+        if len(seq.token_ids) > 200:
+            raise MemoryError("injected")
+        return extend(seq, count, all_logits)
+
+    backend.prefill, backend.extend = oom_if_long, chunk_oom_if_long
+    core = EngineCore(backend, max_batch_size=4, prefill_chunk_tokens=CHUNK)
+    big = core.add_request(_long_prompt(backend, 300), SamplingParams(max_tokens=2))
+    small = core.add_request([5, 6, 7], SamplingParams(max_tokens=2, ignore_eos=True))
+    result = core.step()  # nothing decodes: both fit the step and run as one batch, which fails
+    assert set(result.failures) == {big}
+    assert [o.request_id for o in result.outputs] == [small]
+    while core.has_work():
+        core.step()
+    assert not backend.batches and not backend.staged
