@@ -99,7 +99,12 @@ class Prefiller:
             if budget is not None and budget <= 0:
                 break
             if not job.staged and self.staging:
-                self._look_up(job)
+                try:
+                    self._look_up(job)
+                except Exception as exc:  # copying the cached KV in failed: this request alone fails
+                    log.exception("prefix lookup of request %s failed", job.request.request_id)
+                    self._abandon(job, exc, result)
+                    continue
             fits = budget is None or job.remaining <= budget
             if not self.staging or (not job.staged and fits and not job.echo):
                 whole.append(job)

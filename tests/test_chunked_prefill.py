@@ -130,3 +130,25 @@ def test_a_failed_batched_prefill_retries_each_prompt_alone() -> None:
     while core.has_work():
         core.step()
     assert not backend.batches and not backend.staged
+
+
+def test_a_failing_prefix_copy_fails_that_request_alone() -> None:
+    backend = tiny_backend("llama")
+    core = EngineCore(backend, max_batch_size=4)
+    prompt = _long_prompt(backend, 70)
+    params = SamplingParams(max_tokens=2, ignore_eos=True)
+    core.add_request(prompt, params)
+    while core.has_work():
+        core.step()
+    begin = backend.begin
+
+    def no_room(seq: Any, prefix: Any) -> None:
+        if prefix:
+            raise MemoryError("injected")
+        begin(seq, prefix)
+
+    backend.begin = no_room
+    hit = core.add_request(prompt, params)
+    other = core.add_request([5, 6, 7], params)
+    result = core.step()
+    assert set(result.failures) == {hit} and [o.request_id for o in result.outputs] == [other]
