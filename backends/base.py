@@ -101,3 +101,37 @@ class Backend(Protocol):
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Logits at every position of a prompt, without a cache: [len(token_ids), vocab]."""
         ...
+
+
+@runtime_checkable
+class StagedBackend(Backend, Protocol):
+    """A decoder-only backend that prefills a prompt in slices, on top of KV copied in from the
+    prefix cache, and exports the KV it computed. Every backend of ladle implements it.
+
+    A staged sequence has a cache of its own, outside the decode batch, until `commit` merges it.
+    `release` frees a staged sequence too. KV travels as one (keys, values) pair per layer,
+    each [kv_heads, tokens, head_dim], on the layer's device.
+    """
+
+    def begin(self, seq: Seq, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Open a staging cache for a new sequence, holding `prefix` as its first tokens' KV."""
+        ...
+
+    def extend(self, seq: Seq, count: int, all_logits: bool = False) -> torch.Tensor:
+        """Run the next `count` uncached tokens of a staged sequence.
+
+        Returns the logits of its last position [1, vocab], or of every position run [count, vocab].
+        """
+        ...
+
+    def commit(self, seq: Seq) -> None:
+        """Move a fully prefilled staged sequence into the decode batch."""
+        ...
+
+    def export(self, seq: Seq, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the KV of positions start..end-1 of a live or staged sequence, per layer."""
+        ...
+
+    def cached_tokens(self) -> int:
+        """Token positions held in the caches of live and staged sequences (padding excluded)."""
+        ...

@@ -165,3 +165,35 @@ class BatchCache:
             layer.keys = layer.keys[:, :, drop:]
             layer.values = layer.values[:, :, drop:]
         self.pad -= drop
+
+
+class StagedCache:
+    """The cache of one sequence being prefilled on its own (batch of 1), before it joins a batch."""
+
+    def __init__(self, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        for i, (keys, values) in enumerate(prefix):  # [H, P, D] each
+            self.cache.update(keys[None], values[None], i)
+        self.length = int(prefix[0][0].shape[1]) if prefix else 0
+
+    def kv(self, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of positions start..end-1, per layer: [H, n, D]."""
+        return [
+            (layer.keys[0, :, start:end].clone(), layer.values[0, :, start:end].clone())
+            for layer in cache_layers(self.cache)
+        ]
+
+
+def row_kv(batch: BatchCache, seq_id: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copies of positions start..end-1 of one row of a batch, per layer: [H, n, D]."""
+    row = batch.seq_ids.index(seq_id)
+    pad = int(batch.pad[row])
+    return [
+        (
+            layer.keys[row, :, pad + start : pad + end].clone(),
+            layer.values[row, :, pad + start : pad + end].clone(),
+        )
+        for layer in cache_layers(batch.cache)
+    ]

@@ -1,8 +1,10 @@
 """The engine core: admission, continuous batching, sampling, detokenizing and stopping.
 
-One `step()` runs the prompts of newly admitted requests (one forward) and one decode
-forward over every running sequence of every request; each sequence gains one token.
-Sequences that finish or are cancelled leave at once and free their cache rows.
+One `step()` runs one decode forward over every running sequence of every request (each
+gains one token), then spends a token budget on the prompts of admitted requests (prefill.py:
+chunks, prefix cache). Sequences that finish or are cancelled leave at once and free their
+cache rows; a finished sequence leaves its KV in the prefix cache first. Admission rules are
+in scheduler.py.
 """
 
 from __future__ import annotations
@@ -17,23 +19,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from backends.base import Backend, Seq
-from backends.detokenizer import IncrementalDetokenizer, token_bytes, token_text
-from backends.errors import (
-    ContextLengthError,
-    EngineStoppedError,
-    GenerationError,
-    InvalidRequestError,
-    QueueFullError,
-)
-from backends.outputs import RequestOutput, TokenLogprob, TopLogprob
+from backends.base import Backend, StagedBackend
+from backends.errors import EngineStoppedError, GenerationError, InvalidRequestError, QueueFullError
+from backends.outputs import RequestOutput, TokenLogprob
 from backends.params import SamplingParams
-from backends.sampler import Sampler, make_generator
+from backends.prefill import Prefiller, token_logprob
+from backends.prefix_cache import PrefixCacheStats
+from backends.sampler import Sampler
+from backends.scheduler import check_request, make_sequences
 from backends.sequence import Request, Sequence
 from backends.step_clock import StepLoad
-from backends.stopping import StopMatcher
 
 log = logging.getLogger("ladle.engine")
+
+# Prompt tokens prefilled per step while streams decode: on a 2-core CPU with SmolLM2-135M,
+# a 128-token chunk costs about as much as two decode steps of 8 streams (README, "Chunked prefill").
+DEFAULT_PREFILL_CHUNK = 128
+DEFAULT_PREFIX_CACHE_TOKENS = 16384
 
 
 @dataclass(slots=True)
@@ -47,9 +49,16 @@ class StepResult:
 class EngineCore:
     """Synchronous engine; `step()` is the unit of work a driver loop calls."""
 
-    def __init__(self, backend: Backend, max_batch_size: int = 16, max_queued_requests: int = 256) -> None:
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
+    def __init__(
+        self,
+        backend: Backend,
+        max_batch_size: int = 16,
+        max_queued_requests: int = 256,
+        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK,
+        prefix_cache_tokens: int | None = DEFAULT_PREFIX_CACHE_TOKENS,
+    ) -> None:
+        if max_batch_size < 1 or prefill_chunk_tokens < 1:
+            raise ValueError("max_batch_size and prefill_chunk_tokens must be >= 1")
         if max_queued_requests < 0:
             raise ValueError("max_queued_requests must be >= 0")
         self.backend = backend
@@ -65,6 +74,8 @@ class EngineCore:
         self._next_seq_id = 0
         self.accepting = True
         self.step_load = StepLoad()  # what the step in flight does, for a stall report
+        self.prefiller = Prefiller(backend, prefill_chunk_tokens, prefix_cache_tokens)
+        self.kv_tokens = 0  # cache positions the backend holds, read after each step
 
     # -- admission (any thread) -----------------------------------------------------------------
 
@@ -77,13 +88,19 @@ class EngineCore:
         return len(self._waiting)
 
     def has_work(self) -> bool:
-        return bool(self._running or self._waiting)
+        return bool(self._running or self._waiting or self.prefiller.jobs)
+
+    @property
+    def prefix_cache(self) -> PrefixCacheStats | None:
+        """The prefix cache's counters and size, or None when it is off (or the model opts out)."""
+        cache = self.prefiller.cache
+        return cache.stats if cache is not None else None
 
     def add_request(
         self, prompt_ids: Seqs[int], params: SamplingParams, request_id: str | None = None
     ) -> str:
         """Validate and queue a request; raises at once if it cannot be served."""
-        prompt = self._check(list(prompt_ids), params)
+        prompt = check_request(self.info, self.max_batch_size, list(prompt_ids), params)
         request_id = request_id or uuid.uuid4().hex
         with self._lock:
             if not self.accepting:
@@ -104,45 +121,10 @@ class EngineCore:
             if request is not None:
                 request.aborted = True
 
-    def _check(self, prompt: list[int], params: SamplingParams) -> list[int]:
-        try:
-            params.validate(self.info.vocab_size)
-        except InvalidRequestError:
-            raise
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), param=str(exc).split(" ", 1)[0]) from exc
-        if params.num_sequences > self.max_batch_size:
-            raise InvalidRequestError(
-                f"n (or best_of) of {params.num_sequences} exceeds the batch size limit of {self.max_batch_size}",
-                param="n",
-            )
-        if not prompt:
-            start = self.info.bos_token_id
-            if start is None:
-                raise InvalidRequestError(
-                    "the prompt is empty and the model has no BOS token", param="prompt"
-                )
-            prompt = [start]
-        if any(not 0 <= t < self.info.vocab_size for t in prompt):
-            raise InvalidRequestError("the prompt holds token ids outside the vocabulary", param="prompt")
-        context = self.info.context_length
-        room = self.info.generation_room(len(prompt))  # a decoder-only prompt must leave room for one
-        if len(prompt) > context or room < 1:
-            raise ContextLengthError(
-                f"the prompt has {len(prompt)} tokens; this model's context length is {context}",
-                param="prompt",
-            )
-        if params.max_tokens is not None and params.max_tokens > room:
-            raise ContextLengthError(
-                f"this model's context length is {context} tokens, but {len(prompt)} prompt tokens and "
-                f"max_tokens={params.max_tokens} were asked"
-            )
-        return prompt
-
     # -- the step (one thread at a time) --------------------------------------------------------
 
     def step(self) -> StepResult:
-        """Admit, prefill, decode once, and return what every touched request produced."""
+        """Decode once, admit, prefill under the step's budget, and return what every touched request produced."""
         result = StepResult()
         self._drop_aborted(result)
         touched: dict[str, Request] = {}
@@ -152,11 +134,14 @@ class EngineCore:
         if self._running:
             self._decode(list(self._running), result, touched)
         admitted = [r for r in self._admit() if self._setup(r, result)]
-        if admitted:
-            tokens = sum(len(r.prompt_ids) for r in admitted)
-            self.step_load = StepLoad(self.step_load.decoding, len(admitted), tokens)
-            self._prefill(admitted, result, touched)
+        self.prefiller.add(admitted)
+        if self.prefiller.jobs:
+            tokens = sum(job.remaining for job in self.prefiller.jobs)
+            self.step_load = StepLoad(self.step_load.decoding, len(self.prefiller.jobs), tokens)
+            self._prefill(result, touched)
         self._finish(touched, result)
+        if isinstance(self.backend, StagedBackend):
+            self.kv_tokens = self.backend.cached_tokens()
         return result
 
     def _drop_aborted(self, result: StepResult) -> None:
@@ -165,6 +150,8 @@ class EngineCore:
             for request in gone:
                 self._waiting.remove(request)
                 del self._requests[request.request_id]
+        for request in self.prefiller.drop_aborted():
+            self._requests.pop(request.request_id, None)
         dead = [s for s in self._running if s.request.aborted]
         if dead:
             self._release(dead)
@@ -174,7 +161,7 @@ class EngineCore:
     def _admit(self) -> list[Request]:
         admitted: list[Request] = []
         with self._lock:
-            free = self.max_batch_size - len(self._running)
+            free = self.max_batch_size - len(self._running) - self.prefiller.num_sequences
             while self._waiting and self._waiting[0].params.num_sequences <= free:
                 request = self._waiting.popleft()
                 free -= request.params.num_sequences
@@ -192,63 +179,29 @@ class EngineCore:
             return False
 
     def _make_sequences(self, request: Request) -> None:
-        params, info = request.params, self.info
-        start = next((t for t in (info.decoder_start_token_id, info.bos_token_id) if t is not None), 0)
-        room = info.generation_room(len(request.prompt_ids))
-        max_tokens = min(params.max_tokens or room, room)
-        for index in range(params.num_sequences):
-            if info.is_encoder_decoder:
-                seq = Seq(self._next_seq_id, [start], encoder_ids=request.prompt_ids)
-            else:
-                seq = Seq(self._next_seq_id, list(request.prompt_ids))
-            self._next_seq_id += 1
-            seed = None if params.seed is None else params.seed + index
-            prompt_context = [] if info.is_encoder_decoder else request.prompt_ids
-            request.sequences.append(
-                Sequence(
-                    seq=seq,
-                    request=request,
-                    index=index,
-                    params=params,
-                    prompt_ids=request.prompt_ids,
-                    max_tokens=max_tokens,
-                    generator=make_generator(seed),
-                    detokenizer=IncrementalDetokenizer(
-                        self.tokenizer, prompt_context, params.skip_special_tokens
-                    ),
-                    stopper=StopMatcher(params.stop),
-                )
-            )
+        self._next_seq_id = make_sequences(request, self.info, self.tokenizer, self._next_seq_id)
 
-    def _prefill(self, admitted: list[Request], result: StepResult, touched: dict[str, Request]) -> None:
-        parents = [r.sequences[0] for r in admitted]
-        try:
-            logits = self.backend.prefill([s.seq for s in parents])  # [R, V]
-            rows: list[Sequence] = []
-            row_logits: list[torch.Tensor] = []
-            for i, request in enumerate(admitted):
+    def _prefill(self, result: StepResult, touched: dict[str, Request]) -> None:
+        """Advance the admitted prompts; those complete join the batch with their first token."""
+        done = self.prefiller.run(decoding=bool(self._running))
+        for request, exc in done.failed:
+            self._fail([request], exc, result)
+        rows: list[Sequence] = []
+        row_logits: list[torch.Tensor] = []
+        for request, logits in done.ready:
+            try:
                 children = request.sequences[1:]
                 if children:
                     self.backend.fork(request.sequences[0].seq, [c.seq for c in children])
-                for s in request.sequences:
-                    rows.append(s)
-                    row_logits.append(logits[i])
-                if request.params.echo and request.params.logprobs is not None:
-                    request.prompt_logprobs = self._prompt_logprobs(request)
+            except Exception as exc:
+                log.exception("forking request %s failed", request.request_id)
+                self._fail([request], exc, result)
+                continue
+            rows.extend(request.sequences)
+            row_logits.extend([logits] * len(request.sequences))
+        if rows:
             self._running.extend(rows)
             self._sample(torch.stack(row_logits), rows, touched)
-        except Exception as exc:
-            if len(admitted) > 1:  # one prompt may be at fault (too large for memory): retry each alone
-                log.warning("prefill of %d requests failed (%s); retrying one by one", len(admitted), exc)
-                self._release([s for r in admitted for s in r.sequences])
-                for request in admitted:
-                    request.sequences.clear()
-                    request.prompt_logprobs = None
-                    if self._setup(request, result):
-                        self._prefill([request], result, touched)
-                return
-            log.exception("prefill failed for %d request(s)", len(admitted))
-            self._fail(admitted, exc, result)
 
     def _decode(self, decoding: list[Sequence], result: StepResult, touched: dict[str, Request]) -> None:
         try:
@@ -310,32 +263,12 @@ class EngineCore:
         s.finish_reason = "stop" if stopped or s.stopper.stopped else reason
 
     def _token_logprob(self, token: int, logprob: float | None, top: list[tuple[int, float]]) -> TokenLogprob:
-        tok = self.tokenizer
-        return TokenLogprob(
-            token_id=token,
-            token=token_text(tok, token),
-            bytes=list(token_bytes(tok, token)),
-            logprob=logprob,
-            top=[TopLogprob(t, token_text(tok, t), list(token_bytes(tok, t)), lp) for t, lp in top],
-        )
-
-    def _prompt_logprobs(self, request: Request) -> list[TokenLogprob]:
-        ids = request.prompt_ids
-        k = request.params.logprobs or 0
-        logprobs = torch.log_softmax(self.backend.score(ids).float(), dim=-1)  # [S, V]
-        entries = [self._token_logprob(ids[0], None, [])]
-        for pos in range(1, len(ids)):
-            row = logprobs[pos - 1]
-            top = torch.topk(row, k) if k else None
-            pairs = (
-                list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
-            )
-            entries.append(self._token_logprob(ids[pos], float(row[ids[pos]]), pairs))
-        return entries
+        return token_logprob(self.tokenizer, token, logprob, top)
 
     def _finish(self, touched: dict[str, Request], result: StepResult) -> None:
         done = [s for s in self._running if s.finished]
         if done:
+            self.prefiller.remember(done)
             self._release(done)
         for request in touched.values():
             if request.request_id in result.failures:
@@ -346,7 +279,14 @@ class EngineCore:
                 prompt_logprobs, request.prompt_logprobs_sent = request.prompt_logprobs, True
             finished = request.finished
             result.outputs.append(
-                RequestOutput(request.request_id, len(request.prompt_ids), deltas, finished, prompt_logprobs)
+                RequestOutput(
+                    request.request_id,
+                    len(request.prompt_ids),
+                    deltas,
+                    finished,
+                    prompt_logprobs,
+                    request.cached_tokens,
+                )
             )
             if finished:
                 self._requests.pop(request.request_id, None)

@@ -11,10 +11,13 @@ import torch
 
 from backends import loading
 from backends.base import FastPaths, ModelInfo, Seq
-from backends.batch_cache import BatchCache
+from backends.batch_cache import BatchCache, StagedCache, row_kv
 from backends.errors import InvalidRequestError
 
 log = logging.getLogger("ladle.backend")
+
+# Batches whose lengths differ by more than 2x plus this many columns decode as separate cohorts.
+COHORT_SLACK = 256
 
 
 class TransformersRunner:
@@ -50,6 +53,7 @@ class TransformersRunner:
         decoder = model.get_decoder() if self.is_encoder_decoder else None
         self.aligned_only = decoder is not None and hasattr(decoder, "embed_positions")
         self.batches: list[BatchCache] = []
+        self.staged: dict[int, StagedCache] = {}  # seq id -> its cache while prefilled in chunks
 
     # -- the contract ---------------------------------------------------------------------------
 
@@ -60,13 +64,29 @@ class TransformersRunner:
             logits, batch = self._prefill_seq2seq(seqs)
         else:
             logits, batch = self._prefill_causal(seqs)
+        self._adopt(batch)
+        return logits
+
+    def _adopt(self, batch: BatchCache) -> None:
+        """Merge a newly prefilled batch into a running one (or keep it as a cohort of its own)."""
         for running in self.batches:
-            if not self.aligned_only or (running.length == batch.length and not running.padded):
+            if self._joins(running, batch):
                 running.merge(batch)
                 break
         else:
             self.batches.append(batch)
-        return logits
+
+    def _joins(self, running: BatchCache, batch: BatchCache) -> bool:
+        """Whether a new batch merges into a running one.
+
+        Cohorts of very different lengths stay apart: left-padding 8 short rows to a 3,000-token
+        newcomer would copy and attend 3,000 columns for every row at every step, where a second
+        forward per step over the newcomer alone costs far less.
+        """
+        if self.aligned_only:
+            return running.length == batch.length and not running.padded
+        short, long = sorted((running.length, batch.length))
+        return long <= 2 * short + COHORT_SLACK
 
     @torch.inference_mode()
     def decode(self, seqs: Sequence[Seq]) -> torch.Tensor:
@@ -128,6 +148,57 @@ class TransformersRunner:
             if keep and len(keep) < len(batch):
                 batch.select(keep)
         self.batches = [b for b in self.batches if any(sid not in gone for sid in b.seq_ids)]
+        for sid in gone:
+            self.staged.pop(sid, None)
+
+    # -- staged prefill (chunks on top of a cached prefix) ---------------------------------------
+
+    @torch.inference_mode()
+    def begin(self, seq: Seq, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Open a staging cache for a new sequence, seeded with its cached prefix's KV."""
+        if seq.seq_id in self.staged:
+            raise RuntimeError(f"sequence {seq.seq_id} is already staged")
+        self.staged[seq.seq_id] = StagedCache(prefix)
+
+    @torch.inference_mode()
+    def extend(self, seq: Seq, count: int, all_logits: bool = False) -> torch.Tensor:
+        """Run the next `count` tokens of a staged sequence; logits [1, V], or [count, V] with all_logits."""
+        staged = self.staged[seq.seq_id]
+        start = staged.length
+        if count < 1 or start + count > len(seq.token_ids):
+            raise ValueError(f"cannot run {count} tokens from position {start} of {len(seq.token_ids)}")
+        ids = torch.tensor([seq.token_ids[start : start + count]], device=self.device)  # [1, C]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=torch.ones((1, start + count), dtype=torch.long, device=self.device),
+            position_ids=torch.arange(start, start + count, device=self.device)[None, :],
+            cache=staged.cache,
+            use_cache=True,
+            logits_to_keep=0 if all_logits else 1,
+        )
+        staged.length = start + count
+        return out.logits[0]  # [C or 1, V]
+
+    @torch.inference_mode()
+    def commit(self, seq: Seq) -> None:
+        """Merge a fully prefilled staged sequence into the decode batch."""
+        staged = self.staged.pop(seq.seq_id)
+        self._adopt(BatchCache(staged.cache, [seq.seq_id], [0]))
+
+    def export(self, seq: Seq, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the KV of positions start..end-1 of a live or staged sequence, per layer."""
+        staged = self.staged.get(seq.seq_id)
+        if staged is not None:
+            return staged.kv(start, end)
+        for batch in self.batches:
+            if seq.seq_id in batch.seq_ids:
+                return row_kv(batch, seq.seq_id, start, end)
+        raise RuntimeError(f"sequence {seq.seq_id} has no cache")
+
+    def cached_tokens(self) -> int:
+        """Positions held by live and staged sequences, padding excluded."""
+        live = sum(len(b) * b.length - int(b.pad.sum()) for b in self.batches)
+        return live + sum(s.length for s in self.staged.values())
 
     @torch.inference_mode()
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Any
 from backends import loading
 from backends.async_engine import AsyncEngine
 from backends.base import Backend, ModelInfo
-from backends.engine import EngineCore
+from backends.engine import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE_TOKENS, EngineCore
 from backends.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 from backends.params import SamplingParams
 
@@ -59,11 +59,16 @@ def load_model(
     device: str | None = None,
     max_batch_size: int = 16,
     max_queued_requests: int = 256,
+    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK,
+    prefix_cache_tokens: int | None = DEFAULT_PREFIX_CACHE_TOKENS,
     trust_remote_code: bool = False,
     cache_dir: str | None = None,
     **options: Any,
 ) -> Model:
-    """Load a model (the default model when none is named) ready to generate."""
+    """Load a model (the default model when none is named) ready to generate.
+
+    `prefix_cache_tokens=None` turns the prefix cache off.
+    """
     if backend == "hf_bettertransformer":
         options.setdefault("max_batch_size", max_batch_size)  # sizes its static cache
     loaded = load_backend(
@@ -75,7 +80,8 @@ def load_model(
         cache_dir=cache_dir,
         **options,
     )
-    return Model(EngineCore(loaded, max_batch_size, max_queued_requests))
+    core = EngineCore(loaded, max_batch_size, max_queued_requests, prefill_chunk_tokens, prefix_cache_tokens)
+    return Model(core)
 
 
 def make_params(**kwargs: Any) -> SamplingParams:

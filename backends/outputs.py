@@ -60,3 +60,4 @@ class RequestOutput:
     choices: list[ChoiceDelta]
     finished: bool = False
     prompt_logprobs: list[TokenLogprob] | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache

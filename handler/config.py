@@ -53,6 +53,9 @@ class Settings:
     chat_max_messages: int = 1024
     chat_max_chars: int = 262_144
     sse_keepalive: float = 15.0
+    prefix_cache: bool = True
+    prefix_cache_tokens: int = 16384
+    prefill_chunk_tokens: int = 128
 
     def __repr__(self) -> str:
         # The API key must never reach a log line.
@@ -93,6 +96,7 @@ _KINDS = {
     **{name: "float" for name in _FIELDS if isinstance(_FIELDS[name].default, float)},
     "trust_remote_code": "bool",
     "log_prompts": "bool",
+    "prefix_cache": "bool",
     "cors_origins": "list",
 }
 
@@ -192,6 +196,23 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "device", "DEVICE", "where the model runs: auto, cpu, cuda or cuda:N; CUDA that does not work exits"
+    ),
+    Option(
+        "prefix_cache",
+        "PREFIX_CACHE",
+        "keep the KV of processed tokens and reuse it for prompts that start the same (decoder-only models)",
+    ),
+    Option(
+        "prefix_cache_tokens",
+        "PREFIX_CACHE_TOKENS",
+        "tokens the prefix cache holds at most, least recently used evicted first",
+        32,
+    ),
+    Option(
+        "prefill_chunk_tokens",
+        "PREFILL_CHUNK_TOKENS",
+        "prompt tokens prefilled per engine step while other streams decode (longer prompts go in chunks)",
+        1,
     ),
 )
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from backends.outputs import ChoiceDelta, RequestOutput, TokenLogprob
-from handler.replies import Usage
+from handler.replies import PromptTokensDetails, Usage
 
 if TYPE_CHECKING:
     from backends.async_engine import AsyncEngine, RequestStream
@@ -171,11 +171,13 @@ class PromptState:
     """One prompt's choices and its prompt logprobs, as collected for a JSON body."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     prompt_logprobs: list[TokenLogprob] | None = None
     choices: dict[int, ChoiceState] = field(default_factory=dict)
 
     def add(self, output: RequestOutput) -> None:
         self.prompt_tokens = output.prompt_tokens
+        self.cached_tokens = output.cached_tokens
         if output.prompt_logprobs is not None:
             self.prompt_logprobs = output.prompt_logprobs
         for delta in output.choices:
@@ -198,17 +200,19 @@ class UsageCounter:
     """Tokens of a streamed response: each prompt once, every generated token of every choice."""
 
     prompt_tokens: dict[int, int] = field(default_factory=dict)
+    cached_tokens: dict[int, int] = field(default_factory=dict)
     completion_tokens: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def add(self, step: Step) -> None:
         self.prompt_tokens[step.prompt_index] = step.output.prompt_tokens
+        self.cached_tokens[step.prompt_index] = step.output.cached_tokens
         for delta in step.output.choices:
             self.completion_tokens[(step.prompt_index, delta.index)] = delta.completion_tokens
 
     def usage(self) -> Usage:
         prompt = sum(self.prompt_tokens.values())
         completion = sum(self.completion_tokens.values())
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return make_usage(prompt, completion, sum(self.cached_tokens.values()))
 
 
 class ChunkStream(Generic[ChunkT]):
@@ -248,7 +252,17 @@ def usage_of(states: Sequence[PromptState]) -> Usage:
     """Usage of a collected response."""
     prompt = sum(state.prompt_tokens for state in states)
     completion = sum(state.completion_tokens for state in states)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return make_usage(prompt, completion, sum(state.cached_tokens for state in states))
+
+
+def make_usage(prompt: int, completion: int, cached: int) -> Usage:
+    """OpenAI's usage object, with the prompt tokens the prefix cache served."""
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
 
 
 async def collect(generation: Generation, num_prompts: int) -> list[PromptState]:

@@ -55,10 +55,20 @@ class Metrics:
         )
         self.queue_depth = Gauge("ladle_queue_depth", "Requests waiting for room in the batch", registry=r)
         self.running = Gauge("ladle_running_sequences", "Sequences in the running batch", registry=r)
-        self.kv_cache_tokens = Gauge("ladle_kv_cache_tokens", "KV cache tokens held (estimated)", registry=r)
+        self.kv_cache_tokens = Gauge(
+            "ladle_kv_cache_tokens",
+            "KV cache positions held by live sequences (padding excluded)",
+            registry=r,
+        )
         self.kv_cache_usage = Gauge(
-            "ladle_kv_cache_usage_ratio",
-            "KV cache tokens over MAX_BATCH_SIZE x context (estimated)",
+            "ladle_kv_cache_usage_ratio", "KV cache tokens over MAX_BATCH_SIZE x context", registry=r
+        )
+        self.prefix_pool = Gauge(
+            "ladle_prefix_cache_tokens", "Tokens whose KV the prefix cache holds", ("kind",), registry=r
+        )
+        self.prefix_hit_rate = Gauge(
+            "ladle_prefix_cache_hit_rate",
+            "Prompt tokens served from the prefix cache over those looked up",
             registry=r,
         )
         self.step_age = Gauge(
@@ -70,7 +80,9 @@ class Metrics:
         self.model = Info("ladle_model", "The model served, its backend and devices", registry=r)
         self.active = 0  # what in_flight shows, as a number the drain can read
         self.kv_tokens = 0
-        self.kv_cache_tokens.set_function(lambda: self.kv_tokens)
+        # Estimated from the outputs, until watch() finds an engine that reports its real caches.
+        self.read_kv_tokens: Callable[[], float] = lambda: self.kv_tokens
+        self.kv_cache_tokens.set_function(lambda: self.read_kv_tokens())
 
     def watch(self, model: ServedModel, max_batch_size: int) -> ServedModel:
         """Read the engine's load at scrape time; returns the model as the service should see it."""
@@ -78,11 +90,30 @@ class Metrics:
         self.queue_depth.set_function(lambda: engine.num_queued)
         self.running.set_function(lambda: engine.num_running)
         capacity = max(1, max_batch_size * info.context_length)
-        self.kv_cache_usage.set_function(lambda: self.kv_tokens / capacity)
+        self.kv_cache_usage.set_function(lambda: self.read_kv_tokens() / capacity)
         self.step_age.set_function(lambda: float(getattr(engine, "step_age", 0.0)))
+        self._watch_cache(getattr(engine, "core", None))
         self.model.info(_model_labels(info))
         observe_steps(engine, self.batch_size.observe)
         return MeteredModel(model, self)
+
+    def _watch_cache(self, core: Any) -> None:
+        """Read the engine's real cache sizes where it has them (the tests' fakes have not)."""
+        if core is None or not getattr(core.prefiller, "staging", False):
+            return
+        self.read_kv_tokens = lambda: core.kv_tokens
+        stats = core.prefix_cache
+        if stats is None:
+            return
+        for kind, read in (
+            ("held", lambda: stats.pool_tokens),
+            ("capacity", lambda: stats.capacity_tokens),
+            ("looked_up", lambda: stats.queried_tokens),
+            ("hit", lambda: stats.hit_tokens),
+            ("bytes", lambda: stats.pool_bytes),
+        ):
+            self.prefix_pool.labels(kind).set_function(read)
+        self.prefix_hit_rate.set_function(lambda: stats.hit_rate)
 
     def begin(self) -> None:
         self.active += 1

@@ -48,6 +48,8 @@ def load_served_model(settings: Settings) -> ServedModel:
         device=settings.device,
         max_batch_size=settings.max_batch_size,
         max_queued_requests=settings.max_queued_requests,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        prefix_cache_tokens=settings.prefix_cache_tokens if settings.prefix_cache else None,
         trust_remote_code=settings.trust_remote_code,
         cache_dir=settings.ladle_cache,
     )

@@ -8,7 +8,8 @@ Besides one row per request (its full latency, stream included), every successfu
 reports custom metrics as request_type "METRIC" rows, shown in the web UI and written to the
 CSV like any request. In those rows the "response time" columns hold the metric's value:
   ttft_ms        time to first token (first non-empty content chunk), streaming users only
-  itl_ms         mean inter-token (inter-chunk) latency of the request, streaming users only
+  itl_ms         one row per gap between consecutive content chunks (every gap its own sample,
+                 so a stall shows in the percentiles and the max), streaming users only
   output_tokens  completion tokens (usage, else content chunks); also its "content size"
 The "Aggregated" row mixes requests and metrics: read the rows by name.
 Users wait for nothing between requests (a closed loop, like shared/tools/loadgen.py).
@@ -130,7 +131,9 @@ class OpenAIUser(User):
                 self._report("ttft_ms", record.ttft_s * 1000, 0, None, started_wall, METRIC)
             if record is not None and record.itl_s is not None:
                 sample["itl_s"] = record.itl_s
-                self._report("itl_ms", record.itl_s * 1000, 0, None, started_wall, METRIC)
+                sample["gaps_s"] = record.gaps_s
+                for gap in record.gaps_s:
+                    self._report("itl_ms", gap * 1000, 0, None, started_wall, METRIC)
         _samples.append(sample)
 
     def _send(self, body: dict[str, Any], started: float) -> tuple[int, StreamRecord | None]:

@@ -4,6 +4,9 @@ The definitions follow the shared yardstick (shared/tools/loadgen.py), so number
 tools mean the same thing:
   TTFT    request sent -> first chunk with non-empty content
   ITL     mean gap between consecutive content chunks: (t_last - t_first) / (chunks - 1)
+  gaps    every gap between consecutive content chunks, each its own sample: a stall of a
+          few seconds in one stream shows in the gap percentiles and the worst gap, where
+          the per-request mean ITL would dilute it
   tokens  usage.completion_tokens when the server sends it, else the number of content chunks
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 from argparse import ArgumentParser, Namespace
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 
@@ -36,6 +40,12 @@ class StreamRecord:
     def itl_s(self) -> float | None:
         times = self.content_times
         return (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None
+
+    @property
+    def gaps_s(self) -> list[float]:
+        """Every gap between consecutive content chunks, in order."""
+        times = self.content_times
+        return [b - a for a, b in pairwise(times)]
 
     @property
     def tokens(self) -> int:

@@ -1,4 +1,5 @@
-"""The short summary of a load test: per user count, TTFT p50/p95, ITL p50, output tokens/s, failures.
+"""The short summary of a load test: per user count, TTFT p50/p95, inter-token gap p50/p99 and the
+worst gap, output tokens/s, failures. Every gap between two chunks of a stream is one sample.
 
 Computed from the locustfile's per-request samples when there are any (exact values, the
 yardstick's percentile method), else from Locust's stats CSV (whose percentiles Locust rounds
@@ -32,6 +33,8 @@ class LevelSummary:
     output_tokens_per_s: float | None
     source: str  # "samples" or "csv"
     without_done: int = 0  # complete streams that ended without data: [DONE]
+    itl_p99_ms: float | None = None
+    itl_max_ms: float | None = None  # the worst gap between two chunks of any stream
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +55,7 @@ def from_samples(users: int, samples: Sequence[dict[str, Any]]) -> LevelSummary:
     """Exact summary from per-request samples: tokens/s is completed tokens over the span from
     the first request's start to the last one's end."""
     ok = [s for s in samples if not s.get("error")]
+    gaps = _gaps(ok)
     tokens = sum(int(s.get("tokens") or 0) for s in ok)
     if samples:
         span = max(s["start"] + s["latency_s"] for s in samples) - min(s["start"] for s in samples)
@@ -64,13 +68,26 @@ def from_samples(users: int, samples: Sequence[dict[str, Any]]) -> LevelSummary:
         unfinished=sum(1 for s in samples if str(s.get("error", "")).startswith("unfinished")),
         ttft_p50_ms=_ms(percentile([s["ttft_s"] for s in ok if "ttft_s" in s], 50)),
         ttft_p95_ms=_ms(percentile([s["ttft_s"] for s in ok if "ttft_s" in s], 95)),
-        itl_p50_ms=_ms(percentile([s["itl_s"] for s in ok if "itl_s" in s], 50)),
+        itl_p50_ms=_ms(percentile(gaps, 50)),
         output_tokens=tokens,
         duration_s=span,
         output_tokens_per_s=tokens / span if span > 0 else None,
         source="samples",
         without_done=sum(1 for s in ok if s.get("note") == "no data: [DONE]"),
+        itl_p99_ms=_ms(percentile(gaps, 99)),
+        itl_max_ms=_ms(max(gaps)) if gaps else None,
     )
+
+
+def _gaps(samples: Sequence[dict[str, Any]]) -> list[float]:
+    """Every inter-chunk gap; a sample from before gaps were recorded counts its mean once."""
+    gaps: list[float] = []
+    for s in samples:
+        if "gaps_s" in s:
+            gaps += s["gaps_s"]
+        elif "itl_s" in s:
+            gaps.append(s["itl_s"])
+    return gaps
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -100,6 +117,8 @@ def from_stats_csv(users: int, path: Path, duration_s: float) -> LevelSummary:
         duration_s=duration_s,
         output_tokens_per_s=tokens / duration_s if duration_s > 0 else None,
         source="csv",
+        itl_p99_ms=_opt(itl, "99%"),
+        itl_max_ms=_opt(itl, "Max Response Time"),
     )
 
 
@@ -107,9 +126,10 @@ def markdown(title: str, facts: Sequence[str], levels: Sequence[LevelSummary]) -
     """The summary file: a title, one line of facts each, and one table row per user count."""
     lines = [f"# {title}", "", *[f"- {fact}" for fact in facts], ""]
     lines.append(
-        "| users | requests | failures | TTFT p50 (ms) | TTFT p95 (ms) | ITL p50 (ms) | output tok/s |"
+        "| users | requests | failures | TTFT p50 (ms) | TTFT p95 (ms) | ITL p50 (ms) | ITL p99 (ms) "
+        "| worst gap (ms) | output tok/s |"
     )
-    lines.append("|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for level in levels:
         cells = [
             str(level.users),
@@ -118,6 +138,8 @@ def markdown(title: str, facts: Sequence[str], levels: Sequence[LevelSummary]) -
             _cell(level.ttft_p50_ms),
             _cell(level.ttft_p95_ms),
             _cell(level.itl_p50_ms),
+            _cell(level.itl_p99_ms),
+            _cell(level.itl_max_ms),
             _cell(level.output_tokens_per_s),
         ]
         lines.append("| " + " | ".join(cells) + " |")

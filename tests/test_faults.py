@@ -57,6 +57,7 @@ def drained(server: LiveServer) -> bool:
         and not engine.core._requests
         and not engine._streams
         and not getattr(engine.core.backend, "batches", [])
+        and not getattr(engine.core.backend, "staged", {})
     )
 
 
@@ -230,6 +231,21 @@ def too_large(limit: int) -> Callable[[Any], bool]:
     return lambda seqs: any(len(seq.token_ids) > limit for seq in seqs)
 
 
+def fail_long_chunks(monkeypatch: pytest.MonkeyPatch, backend: Any, limit: int) -> list[int]:
+    """Make every chunk of a prompt longer than `limit` run out of memory: with streams running,
+    a long prompt is prefilled in chunks (extend), not in one prefill. Returns the failures."""
+    extend, failures = backend.extend, []
+
+    def extend_or_oom(seq: Any, count: int, all_logits: bool = False) -> Any:
+        if len(seq.token_ids) > limit:
+            failures.append(1)
+            raise OOM("injected: out of memory")
+        return extend(seq, count, all_logits)
+
+    monkeypatch.setattr(backend, "extend", extend_or_oom)
+    return failures
+
+
 async def test_a_prompt_too_large_for_memory_fails_alone(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -237,6 +253,7 @@ async def test_a_prompt_too_large_for_memory_fails_alone(
     fault = Fault(backend.prefill, OOM("injected: out of memory"), too_large(200))
     fault.armed.set()
     monkeypatch.setattr(backend, "prefill", fault)
+    chunk_failures = fail_long_chunks(monkeypatch, backend, 200)
     big = list(range(10, 310))  # 300 tokens: within the context, too large for "memory"
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=120) as client,
@@ -251,7 +268,7 @@ async def test_a_prompt_too_large_for_memory_fails_alone(
             assert_finished(await stream.rest())
         async with open_stream(client, stream_body(8)) as after:
             assert_finished(await after.rest())
-    assert fault.failed == [1]
+    assert fault.failed + chunk_failures == [1]
     await eventually(lambda: drained(server), "sequences were left running")
 
 
@@ -279,6 +296,7 @@ async def test_a_prompt_too_large_fails_alone_when_admitted_with_others(
     gate = Gate(backend.decode)
     monkeypatch.setattr(backend, "prefill", fault)
     monkeypatch.setattr(backend, "decode", gate)
+    chunk_failures = fail_long_chunks(monkeypatch, backend, 200)
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=120) as client,
         contextlib.AsyncExitStack() as stack,
@@ -298,22 +316,24 @@ async def test_a_prompt_too_large_fails_alone_when_admitted_with_others(
             gate.closed.clear()
             gate.opened.set()
         assert (await big).status_code == 500
-        assert fault.failed == [2, 1]  # prefilled together, then the big one failed alone on its retry
+        # Admitted together while a stream decodes: the small prompt is prefilled whole, the big
+        # one in chunks, whose first fails it alone.
+        assert (fault.failed, chunk_failures) == ([], [1])
         assert (await small).status_code == 200
     await eventually(lambda: drained(server), "sequences were left running")
 
 
 async def test_a_request_whose_setup_fails_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    import backends.engine
+    import backends.scheduler
 
-    real = backends.engine.StopMatcher
+    real = backends.scheduler.StopMatcher
 
     def stop_matcher(stop: list[str]) -> Any:
         if "BOOM" in stop:
             raise RuntimeError("injected: setting up the request failed")
         return real(stop)
 
-    monkeypatch.setattr(backends.engine, "StopMatcher", stop_matcher)
+    monkeypatch.setattr(backends.scheduler, "StopMatcher", stop_matcher)
     # A server of its own: the request this test strands must not outlive it.
     with single_thread(), live_server(tiny_settings(), loader=load_served_model) as own:
         async with httpx.AsyncClient(base_url=own.url, timeout=120) as client:

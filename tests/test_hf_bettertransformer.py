@@ -208,7 +208,7 @@ def test_compile_option_then_env_then_device_default(monkeypatch: pytest.MonkeyP
 def test_context_stays_inside_a_sliding_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MAX_CONTEXT", raising=False)
     cpu = torch.device("cpu")
-    assert hf_bettertransformer._max_len(SimpleNamespace(), None, cpu) == 2048
+    assert hf_bettertransformer._max_len(SimpleNamespace(), None, cpu) == 4096  # admits 3,000-token prompts
     assert hf_bettertransformer._max_len(SimpleNamespace(sliding_window=512), None, cpu) == 512
     assert hf_bettertransformer._max_len(SimpleNamespace(sliding_window=None), 100, cpu) == 100
     monkeypatch.setenv("MAX_CONTEXT", "300")

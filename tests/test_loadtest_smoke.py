@@ -228,3 +228,14 @@ def test_a_refused_warm_up_request_is_one_line(tiny_server: str, tmp_path: Path)
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "warm-up request" in done.stderr and "400" in done.stderr and "temperature" in done.stderr
+
+
+def test_every_gap_is_a_sample_and_the_worst_gap_shows() -> None:
+    record = StreamRecord(sent_at=0.0, chat=False, content_times=[1.0, 1.1, 1.2, 3.2, 3.3])
+    assert record.gaps_s == pytest.approx([0.1, 0.1, 2.0, 0.1])
+    steady = {"start": 0.0, "latency_s": 1.0, "error": None, "tokens": 9, "gaps_s": [0.1] * 8}
+    stalled = {"start": 0.0, "latency_s": 4.0, "error": None, "tokens": 5, "gaps_s": record.gaps_s}
+    level = from_samples(2, [steady, stalled])
+    assert level.itl_p50_ms == pytest.approx(100.0) and level.itl_max_ms == pytest.approx(2000.0)
+    assert level.itl_p99_ms is not None and level.itl_p99_ms > 1000.0  # one stall in twelve gaps
+    assert "| 2000 |" in markdown("t", [], [level])

@@ -303,7 +303,8 @@ def test_chat_logprobs_shape() -> None:
 
 def test_sse_event_and_delta_serialization() -> None:
     assert encode_event(Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)) == (
-        b'data: {"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}\n\n'
+        b'data: {"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,'
+        b'"prompt_tokens_details":{"cached_tokens":0}}\n\n'
     )
     assert ChatDelta(content="x").model_dump() == {"content": "x"}
     assert ChatDelta(role="assistant", content="").model_dump() == {"role": "assistant", "content": ""}

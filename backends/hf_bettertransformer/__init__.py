@@ -22,8 +22,9 @@ from backends.hf_runner import TransformersRunner
 log = logging.getLogger("ladle.hf_bettertransformer")
 
 # Default cap on cached columns per slot: slots x columns x per-token K/V stays bounded
-# (SmolLM2-135M in float32: 16 slots x 2048 columns = 1.5 GiB on CPU).
-DEFAULT_MAX_CONTEXT = {"cpu": 2048, "cuda": 4096}
+# (SmolLM2-135M in float32: 16 slots x 4096 columns = 3 GiB on CPU). 4096 admits a 3,000-token
+# prompt, which chunked prefill makes practical to serve next to running streams.
+DEFAULT_MAX_CONTEXT = {"cpu": 4096, "cuda": 4096}
 
 
 class SharedRunnerBackend(TransformersRunner):

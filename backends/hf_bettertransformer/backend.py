@@ -127,8 +127,38 @@ class BetterTransformerBackend(TransformersRunner):
             self.lengths[slot] = self.lengths[source]
 
     def release(self, seqs: Sequence[Seq]) -> None:
-        """Free the slots of these sequences; their columns are simply overwritten later."""
+        """Free the slots (and staging caches) of these sequences; their columns are simply overwritten later."""
         self._give_back([s.seq_id for s in seqs])
+        for s in seqs:
+            self.staged.pop(s.seq_id, None)
+
+    @torch.inference_mode()
+    def commit(self, seq: Seq) -> None:
+        """Copy a fully prefilled staged sequence into a free slot."""
+        staged = self.staged.pop(seq.seq_id)
+        if staged.length >= self.cache.max_len:
+            raise ContextLengthError(
+                f"a prompt of {staged.length} tokens does not fit the cache of {self.cache.max_len} columns",
+                param="prompt",
+            )
+        (slot,) = self._take([seq.seq_id])
+        self.lengths[slot] = self.cache.store(staged.cache, 0, 0, slot)
+
+    def export(self, seq: Seq, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the KV of positions start..end-1 of a sequence in a slot or being staged."""
+        slot = self.slot_of.get(seq.seq_id)
+        if slot is None:
+            return super().export(seq, start, end)
+        return [
+            (layer.keys[slot, :, start:end].clone(), layer.values[slot, :, start:end].clone())
+            for layer in self.cache.slot_layers
+            if layer.keys is not None and layer.values is not None
+        ]
+
+    def cached_tokens(self) -> int:
+        """Columns written in busy slots, plus staged positions."""
+        busy = sum(self.lengths[slot] for slot in self.slot_of.values())
+        return busy + sum(s.length for s in self.staged.values())
 
     def warm_up(self) -> None:
         """Run every compiled decode shape once more (on the calling thread), leaving live rows intact."""
