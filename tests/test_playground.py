@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,7 +304,8 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
         wait_until(
             lambda: engine.num_running + engine.num_queued == 0, 10, "the stopped request kept running"
         )
-        assert engine.steps - steps_before < 400
+        # Fewer steps than the 800 tokens asked for: the stop, not the length, ended it.
+        assert engine.steps - steps_before < 800
         expect(page.get_by_role("button", name="Stop")).to_be_hidden()
     tab.screenshot("phone-chat-stopped")
 
@@ -314,12 +314,13 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
     set_params(page, max_tokens="4")
     page.get_by_label("Ignore end of text", exact=False).uncheck()
     close_params(page)
-    started = time.monotonic()
+    steps_before = engine.steps
     box.fill("Short one")
     box.press("Enter")
     wait_done(last_answer(page))
     expect(stat(last_answer(page), "finish")).to_have_text(re.compile("^(length|stop)$"))
-    assert time.monotonic() - started < 15
+    # Counted in steps, not seconds: a leftover 800-token run would have taken hundreds of them.
+    assert engine.steps - steps_before < 100
     assert tab.errors == []
     tab.context.close()
 
