@@ -10,6 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from backends.params import MAX_TOP_K, MIN_DIVISOR, SamplingParams
 from handler.errors import APIError
+from handler.tools import (
+    DEFAULT_MAX_TOOLS_SIZE,
+    FunctionCall,
+    FunctionDefinition,
+    ToolChoice,
+    ToolDefinition,
+    ToolPlan,
+    plan_tools,
+)
 
 StopString = Annotated[str, Field(min_length=1)]
 TokenId = Annotated[int, Field(ge=0)]
@@ -205,11 +214,22 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: str | dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: FunctionCall | None = None
     parallel_tool_calls: bool | None = None
+
+    def tool_plan(self, max_size: int = DEFAULT_MAX_TOOLS_SIZE) -> ToolPlan | None:
+        """The tools and what the request asks of them (legacy functions mapped); None without tools."""
+        return plan_tools(
+            self.tools,
+            self.tool_choice,
+            self.parallel_tool_calls,
+            self.functions,
+            self.function_call,
+            max_size=max_size,
+        )
 
     def sampling_params(self, limits: Limits) -> SamplingParams:
         """Check the chat-only rules and build SamplingParams (max_tokens None: up to the context)."""
@@ -230,11 +250,6 @@ class ChatCompletionRequest(SamplingRequest):
                 f"response_format {self.response_format.type} is not supported yet; only text is",
                 param="response_format",
             )
-        if self.tools or self.functions:
-            param = "tools" if self.tools else "functions"
-            raise APIError("tool calling is not supported yet", param=param)
-        if self.function_call is not None or self.tool_choice not in (None, "none", "auto"):
-            raise APIError("tool calling is not supported yet", param="tool_choice")
 
 
 def check_json_values(body: dict[str, Any]) -> None:

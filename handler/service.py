@@ -71,6 +71,7 @@ class OpenAIService:
             chat_template=PromptBuilder.read_template(settings.chat_template),
         )
         self.interval = settings.completion_max_interval / 1000.0
+        self.tool_max_schema_size = settings.tool_max_schema_size
         self._unknown_fields: set[str] = set()
 
     def models(self) -> ModelList:
@@ -103,12 +104,14 @@ class OpenAIService:
         """POST /v1/chat/completions: a ChatCompletion, or (stream) an async iterator of chunks."""
         request = self._parse(ChatCompletionRequest, body)
         params = request.sampling_params(self.limits)
-        prompt = self.prompts.chat_prompt(request.messages)
+        tools = request.tool_plan(self.tool_max_schema_size)
+        offered = tools.definitions() if tools is not None and tools.calls_allowed else None
+        prompt = self.prompts.chat_prompt(request.messages, offered)
         job = self._job("chatcmpl", request, [prompt], params)
         generation = self._submit(job)
         if request.streaming:
-            return _guarded(ChatStream(job).chunks(generation), generation, self._logged(job))
-        return self._log_reply(job, chat_body(job, await _collected(generation, 1)))
+            return _guarded(ChatStream(job, tools).chunks(generation), generation, self._logged(job))
+        return self._log_reply(job, chat_body(job, await _collected(generation, 1), tools))
 
     def _parse(self, model: type[RequestT], body: Any) -> RequestT:
         if not isinstance(body, dict):

@@ -1,0 +1,67 @@
+"""The grammar (llguidance's Lark dialect) that keeps a model's tool calls well-formed.
+
+Every call has one shape, whatever the chat template: `<tool_call>`, a newline, the compact JSON
+object `{"name":"<function>","arguments":{...}}` whose arguments validate against the function's
+`parameters` schema, a newline, `</tool_call>`. `required` and a named function make the whole
+output calls; `auto` lets the model write text, and once it writes `<tool_call>` the rest of the
+output is held to calls (a lazy lexeme ends the text at the first `<tool_call>`, and the text with
+no call cannot contain one).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from handler.tools import FunctionDefinition, ToolPlan, arguments_schema
+
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+# Compact JSON, no free whitespace: a small or random model cannot pad a call forever.
+_COMPACT = {"whitespace_flexible": False}
+
+
+def tool_grammar(plan: ToolPlan) -> str | None:
+    """The Lark grammar for this plan's output; None when calls are not allowed (`none`)."""
+    if not plan.calls_allowed:
+        return None
+    functions = plan.callable_functions
+    lines = ["%llguidance {}"]
+    more = ' ("\\n" call)*' if plan.parallel and plan.named is None else ""
+    if plan.forced:
+        lines.append(f"start: call{more}")
+    else:
+        # One text with no call in it, or text up to the first call and then calls only.
+        more_open = ' ("\\n" call)*' if plan.parallel else ""
+        lines += [
+            f"start: TEXT | head call_body{more_open}",
+            "TEXT: /(?s:.*)/ & ~/(?s:.*)<tool_call>(?s:.*)/",
+            "head[lazy]: /(?s:.*)<tool_call>/",
+        ]
+    lines += [
+        f"call: {json.dumps(CALL_OPEN)} call_body",
+        f"call_body: {json.dumps(chr(10))} fn {json.dumps(chr(10) + CALL_CLOSE)}",
+        "fn: " + " | ".join(f"fn_{index}" for index in range(len(functions))),
+    ]
+    lines += [f"fn_{index}: %json {json.dumps(call_schema(f))}" for index, f in enumerate(functions)]
+    return "\n".join(lines) + "\n"
+
+
+def call_schema(function: FunctionDefinition) -> dict[str, Any]:
+    """The JSON schema of one call's object: the function's name, then its arguments.
+
+    The arguments schema moves one level down, so its definitions move up to the new root,
+    where its `#/$defs/...` references (pydantic writes them for nested models) still point.
+    """
+    arguments = dict(arguments_schema(function))
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {"name": {"const": function.name}, "arguments": arguments},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+        "x-guidance": _COMPACT,
+    }
+    for key in ("$defs", "definitions"):
+        if key in arguments:
+            schema[key] = arguments.pop(key)
+    return schema
