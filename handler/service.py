@@ -34,6 +34,7 @@ from handler.protocol import (
     check_json_values,
 )
 from handler.replies import ErrorResponse, ModelCard, ModelList
+from handler.tool_grammar import tool_constraint
 
 if TYPE_CHECKING:
     from backends.params import SamplingParams
@@ -105,6 +106,9 @@ class OpenAIService:
         request = self._parse(ChatCompletionRequest, body)
         params = request.sampling_params(self.limits)
         tools = request.tool_plan(self.tool_max_schema_size)
+        if tools is not None and tools.calls_allowed:
+            params.grammar = tool_constraint(tools, params.grammar)
+            await self._compile_grammar(params, "tools")
         offered = tools.definitions() if tools is not None and tools.calls_allowed else None
         prompt = self.prompts.chat_prompt(request.messages, offered)
         job = self._job("chatcmpl", request, [prompt], params)
@@ -126,6 +130,18 @@ class OpenAIService:
                 self._unknown_fields.add(name)
                 log.warning("ignoring unknown request field %r (logged once)", name[:64])
         return request
+
+    async def _compile_grammar(self, params: SamplingParams, param: str | None) -> None:
+        """Compile the output constraint before admission (off the event loop, cached): a bad one is a 400."""
+        if params.grammar is None:
+            return
+        grammars = getattr(self.model.engine, "grammars", None)
+        if grammars is None:
+            raise APIError("structured outputs are not available with this engine", param=param)
+        try:
+            await grammars.compile_async(params.grammar, param)
+        except ENGINE_ERRORS as exc:
+            raise from_engine_error(exc) from None
 
     def _job(self, kind: str, request: SamplingRequest, prompts: list[Prompt], params: SamplingParams) -> Job:
         return Job(

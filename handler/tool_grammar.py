@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from backends.grammar import GrammarSpec
+from handler.errors import APIError
 from handler.tools import FunctionDefinition, ToolPlan, arguments_schema
 
 CALL_OPEN = "<tool_call>"
@@ -45,6 +47,19 @@ def tool_grammar(plan: ToolPlan) -> str | None:
     ]
     lines += [f"fn_{index}: %json {json.dumps(call_schema(f))}" for index, f in enumerate(functions)]
     return "\n".join(lines) + "\n"
+
+
+def tool_constraint(plan: ToolPlan, other: GrammarSpec | None) -> GrammarSpec | None:
+    """The constraint for a request with these tools; `other` is one it already has (response_format)."""
+    grammar = tool_grammar(plan)
+    if grammar is None:
+        return other
+    if other is not None:
+        raise APIError(
+            "response_format (or structured_outputs) cannot be combined with tools unless tool_choice is none",
+            param="response_format",
+        )
+    return GrammarSpec.lark(grammar)
 
 
 def call_schema(function: FunctionDefinition) -> dict[str, Any]:
