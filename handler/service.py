@@ -92,6 +92,7 @@ class OpenAIService:
         """POST /v1/completions: a Completion, or (stream) an async iterator of chunks."""
         request = self._parse(CompletionRequest, body)
         params = request.sampling_params(self.limits)
+        await self._compile_grammar(params, request.grammar_param)
         prompts = self.prompts.completion_prompts(request.prompt)
         job = self._job("cmpl", request, prompts, params)
         generation = self._submit(job)
@@ -103,6 +104,7 @@ class OpenAIService:
         """POST /v1/chat/completions: a ChatCompletion, or (stream) an async iterator of chunks."""
         request = self._parse(ChatCompletionRequest, body)
         params = request.sampling_params(self.limits)
+        await self._compile_grammar(params, request.grammar_param)
         prompt = self.prompts.chat_prompt(request.messages)
         job = self._job("chatcmpl", request, [prompt], params)
         generation = self._submit(job)
@@ -123,6 +125,18 @@ class OpenAIService:
                 self._unknown_fields.add(name)
                 log.warning("ignoring unknown request field %r (logged once)", name[:64])
         return request
+
+    async def _compile_grammar(self, params: SamplingParams, param: str | None) -> None:
+        """Compile the output constraint before admission (off the event loop, cached): a bad one is a 400."""
+        if params.grammar is None:
+            return
+        grammars = getattr(self.model.engine, "grammars", None)
+        if grammars is None:
+            raise APIError("structured outputs are not supported by this engine", param=param)
+        try:
+            await grammars.compile_async(params.grammar, param)
+        except ENGINE_ERRORS as exc:
+            raise from_engine_error(exc) from None
 
     def _job(self, kind: str, request: SamplingRequest, prompts: list[Prompt], params: SamplingParams) -> Job:
         return Job(
