@@ -34,7 +34,7 @@ from handler.protocol import (
     check_json_values,
 )
 from handler.replies import ErrorResponse, ModelCard, ModelList
-from handler.tool_grammar import tool_constraint
+from handler.tool_grammar import tool_spec
 
 if TYPE_CHECKING:
     from backends.params import SamplingParams
@@ -94,6 +94,7 @@ class OpenAIService:
         """POST /v1/completions: a Completion, or (stream) an async iterator of chunks."""
         request = self._parse(CompletionRequest, body)
         params = request.sampling_params(self.limits)
+        await self._compile_grammar(params, request.grammar_param)
         prompts = self.prompts.completion_prompts(request.prompt)
         job = self._job("cmpl", request, prompts, params)
         generation = self._submit(job)
@@ -105,9 +106,10 @@ class OpenAIService:
         """POST /v1/chat/completions: a ChatCompletion, or (stream) an async iterator of chunks."""
         request = self._parse(ChatCompletionRequest, body)
         params = request.sampling_params(self.limits)
+        await self._compile_grammar(params, request.grammar_param)
         tools = request.tool_plan(self.tool_max_schema_size)
         if tools is not None and tools.calls_allowed:
-            params.grammar = tool_constraint(tools, params.grammar)
+            request.constrain(params, tool_spec(tools), "tools")
             await self._compile_grammar(params, "tools")
         offered = tools.definitions() if tools is not None and tools.calls_allowed else None
         prompt = self.prompts.chat_prompt(request.messages, offered)
@@ -137,7 +139,7 @@ class OpenAIService:
             return
         grammars = getattr(self.model.engine, "grammars", None)
         if grammars is None:
-            raise APIError("structured outputs are not available with this engine", param=param)
+            raise APIError("structured outputs are not supported by this engine", param=param)
         try:
             await grammars.compile_async(params.grammar, param)
         except ENGINE_ERRORS as exc:

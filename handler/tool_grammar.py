@@ -14,7 +14,6 @@ import json
 from typing import Any
 
 from backends.grammar import GrammarSpec
-from handler.errors import APIError
 from handler.tools import FunctionDefinition, ToolPlan, arguments_schema
 
 CALL_OPEN = "<tool_call>"
@@ -49,17 +48,10 @@ def tool_grammar(plan: ToolPlan) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def tool_constraint(plan: ToolPlan, other: GrammarSpec | None) -> GrammarSpec | None:
-    """The constraint for a request with these tools; `other` is one it already has (response_format)."""
+def tool_spec(plan: ToolPlan) -> GrammarSpec | None:
+    """The constraint of a request with these tools; None when calls are not allowed."""
     grammar = tool_grammar(plan)
-    if grammar is None:
-        return other
-    if other is not None:
-        raise APIError(
-            "response_format (or structured_outputs) cannot be combined with tools unless tool_choice is none",
-            param="response_format",
-        )
-    return GrammarSpec.lark(grammar)
+    return None if grammar is None else GrammarSpec.lark(grammar)
 
 
 def call_schema(function: FunctionDefinition) -> dict[str, Any]:
