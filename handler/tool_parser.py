@@ -169,10 +169,14 @@ class ToolCallParser:
     def _flush(self, out: ParsedText) -> None:
         call = self._call
         if call is not None:
-            # Cut short (max_tokens or a stop string): what there is of the arguments goes out.
-            head = _HEAD.match(self._buffer)
-            if call.named and head is not None:
-                self._send_arguments(out, call, _CUT_END.sub("", self._buffer[head.end() :]))
+            # Cut short (max_tokens or a stop string) after its object or inside it: a whole object
+            # is a whole call; of a cut one, what there is of the arguments goes out.
+            body = _CUT_END.sub("", self._buffer)
+            head = _HEAD.match(body)
+            if _is_call(body):
+                self._progress(out, body, complete=True)
+            elif call.named and head is not None:
+                self._send_arguments(out, call, body[head.end() :])
             self._call = None
         elif self._buffer:
             self._content(out, self._buffer)
@@ -180,6 +184,14 @@ class ToolCallParser:
         if self.num_calls == 0:
             out.content += self._held_space
         self._held_space = ""
+
+
+def _is_call(body: str) -> bool:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and isinstance(value.get("name"), str)
 
 
 def _partial_suffix(text: str, marker: str) -> int:

@@ -283,6 +283,14 @@ def test_a_call_cut_short_keeps_what_it_has() -> None:
     content, [call] = parse_tool_calls('<tool_call>\n{"name":"f","arguments":{"a":"xy')
     assert content is None and (call.name, call.arguments) == ("f", '{"a":"xy')
     assert parse_tool_calls('<tool_call>\n{"na') == ("", [])
+    # Only the closing tag was cut: the call is whole (found on the default model at max_tokens).
+    for cut in ("", "\n", "\n</tool_c"):
+        _, [whole] = parse_tool_calls('<tool_call>\n{"name":"f","arguments":{"a":{"b":1}}}' + cut)
+        assert whole.arguments == '{"a":{"b":1}}'
+        assert (
+            streamed('<tool_call>\n{"name":"f","arguments":{"a":{"b":1}}}' + cut, 2)[1][0]["arguments"]
+            == whole.arguments
+        )
 
 
 # --- grammar ----------------------------------------------------------------------------------
