@@ -127,11 +127,14 @@ class PromptBuilder:
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
-    # Few templates know the "developer" role; it means what "system" means.
-    role = "system" if message.role == "developer" else message.role
+    # Few templates know the "developer" role; it means what "system" means. The legacy
+    # "function" role and function_call are a tool result and a tool call.
+    role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
     result: dict[str, Any] = {"role": role, "content": message.text()}
     for key in ("name", "tool_call_id", "tool_calls"):
         value = getattr(message, key)
         if value is not None:
             result[key] = value
+    if message.function_call is not None and message.tool_calls is None:
+        result["tool_calls"] = [{"id": "call_0", "type": "function", "function": message.function_call}]
     return result

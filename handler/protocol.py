@@ -201,15 +201,16 @@ class TextPart(_Strict):
 class ChatMessage(_Strict):
     """One message of a conversation."""
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None  # legacy: one call; "function" messages hold its result
 
-    @field_validator("tool_calls")
+    @field_validator("tool_calls", "function_call")
     @classmethod
-    def _shallow(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    def _shallow(cls, value: Any) -> Any:
         # The chat template walks tool_calls recursively: a deep one was a RecursionError (500).
         if value is not None and _depth(value) > MAX_JSON_DEPTH:
             raise ValueError(f"tool_calls are nested deeper than {MAX_JSON_DEPTH} levels")
@@ -217,7 +218,9 @@ class ChatMessage(_Strict):
 
     @model_validator(mode="after")
     def _needs_content(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        if self.content is None and not (
+            self.role == "assistant" and (self.tool_calls or self.function_call)
+        ):
             raise ValueError(f"a {self.role} message needs content")
         return self
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, model_serializer
+from pydantic import BaseModel, Field, model_serializer
 
 
 class Usage(BaseModel):
@@ -59,6 +59,10 @@ class ChatLogprobs(BaseModel):
     refusal: list[ChatTokenLogprob] | None = None
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
 class FunctionCallBody(BaseModel):
     name: str
     arguments: str
@@ -76,17 +80,8 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
-    tool_calls: list[ToolCallBody] | None = None
-    function_call: FunctionCallBody | None = None  # legacy `functions` requests
-
-    @model_serializer
-    def _drop_unset_calls(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"role": self.role, "content": self.content, "refusal": self.refusal}
-        if self.tool_calls is not None:
-            body["tool_calls"] = [call.model_dump() for call in self.tool_calls]
-        if self.function_call is not None:
-            body["function_call"] = self.function_call.model_dump()
-        return body
+    tool_calls: list[ToolCallBody] | None = Field(default=None, exclude_if=_is_none)
+    function_call: FunctionCallBody | None = Field(default=None, exclude_if=_is_none)  # legacy `functions`
 
 
 class ChatChoice(BaseModel):

@@ -176,3 +176,16 @@ def test_bad_tool_requests_are_400s_naming_the_field(
         client.chat.completions.create(model="m", messages=USER, **fields)
     body: Any = info.value.body
     assert body["param"] == param and body["type"] == "invalid_request_error"
+
+
+def test_legacy_history_renders_like_tool_history(client: openai.OpenAI, server: LiveServer) -> None:
+    functions: Any = [t["function"] for t in TOOLS]
+    history: Any = [
+        *USER,
+        {"role": "assistant", "content": None, "function_call": {"name": "get_time", "arguments": "{}"}},
+        {"role": "function", "name": "get_time", "content": "noon"},
+    ]
+    client.chat.completions.create(model="m", messages=history, functions=functions)
+    prompt = last_prompt(server)
+    assert '<s>assistant\n<tool_call>\n{"name":"get_time","arguments":{}}\n</tool_call></s>' in prompt
+    assert "<s>user\n<tool_response>\nnoon\n</tool_response></s>" in prompt
