@@ -377,4 +377,5 @@ def _fill_logprobs(
         return
     values, ids = torch.topk(logp, k_max, dim=-1)  # [L, k_max] each, sorted descending
     for i, k, vals, toks in zip(lp_rows, ks, values.tolist(), ids.tolist(), strict=True):
-        top[i] = list(zip(toks[:k], vals[:k], strict=True))
+        # A token masked to -inf (grammar, min_tokens) could not have been sampled: not listed.
+        top[i] = [(t, v) for t, v in zip(toks[:k], vals[:k], strict=True) if v != _NEG_INF]

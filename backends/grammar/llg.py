@@ -79,18 +79,35 @@ class GrammarTokenizer:
 
 
 class _TokenBytes(llguidance.TokenizerWrapper):
-    """A tokenizer as a list of token bytes, for llguidance's generic constructor."""
+    """A tokenizer as a list of token bytes, for llguidance's generic constructor.
+
+    llguidance tokenizes forced text with it; the model's own tokenizer would add a Metaspace
+    prefix ("o" becoming " o"), so this one matches the longest token bytes greedily instead.
+    """
 
     def __init__(self, hf_tokenizer: Any, eos: list[int]) -> None:
         self.eos_token_id = eos[0] if eos else hf_tokenizer.eos_token_id
         self.bos_token_id = hf_tokenizer.bos_token_id
-        self.tokens = [token_bytes(hf_tokenizer, i) for i in range(len(hf_tokenizer))]
         self.special_token_ids = list(hf_tokenizer.all_special_ids)
+        self.tokens = [token_bytes(hf_tokenizer, i) for i in range(len(hf_tokenizer))]
         self.is_tokenizer_wrapper = True
-        self._hf = hf_tokenizer
+        special = set(self.special_token_ids)
+        self._ids = {b: i for i, b in reversed(list(enumerate(self.tokens))) if b and i not in special}
+        self._longest = max(map(len, self._ids), default=1)
 
-    def __call__(self, text: str) -> list[int]:  # type: ignore[override]
-        return list(self._hf(text, add_special_tokens=False).input_ids)
+    def __call__(self, text: str | bytes) -> list[int]:  # type: ignore[override]
+        data = text.encode() if isinstance(text, str) else text
+        ids, pos = [], 0
+        while pos < len(data):
+            for size in range(min(self._longest, len(data) - pos), 0, -1):
+                token = self._ids.get(data[pos : pos + size])
+                if token is not None:
+                    ids.append(token)
+                    pos += size
+                    break
+            else:
+                pos += 1  # a byte no token spells: the grammar cannot produce it either
+        return ids
 
 
 def grammar_text(spec: GrammarSpec) -> str:
