@@ -61,6 +61,7 @@ def call_schema(function: FunctionDefinition) -> dict[str, Any]:
     where its `#/$defs/...` references (pydantic writes them for nested models) still point.
     """
     arguments = dict(arguments_schema(function))
+    arguments.setdefault("type", "object")  # arguments are an object, even where the schema omits it
     schema: dict[str, Any] = {
         "type": "object",
         "properties": {"name": {"const": function.name}, "arguments": arguments},

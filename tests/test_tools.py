@@ -330,7 +330,6 @@ def test_call_schema_moves_definitions_to_its_root() -> None:
                     "function": {
                         "name": "f",
                         "parameters": {
-                            "type": "object",
                             "properties": {"p": {"$ref": "#/$defs/P"}},
                             "$defs": {"P": {"type": "integer"}},
                         },

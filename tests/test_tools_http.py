@@ -101,6 +101,13 @@ def test_streamed_deltas_add_up_to_the_whole_message(client: openai.OpenAI) -> N
     ]
 
 
+def test_every_choice_gets_its_calls(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(model="m", messages=USER, tools=TOOLS, temperature=0, n=2)
+    assert [c.finish_reason for c in result.choices] == ["tool_calls", "tool_calls"]
+    ids = [call.id for c in result.choices for call in c.message.tool_calls or []]
+    assert len(ids) == 4 and len(set(ids)) == 4
+
+
 def test_the_openai_stream_helper_accumulates_the_calls(client: openai.OpenAI) -> None:
     with client.chat.completions.stream(model="m", messages=USER, tools=TOOLS, temperature=0) as stream:
         final = stream.get_final_completion()
