@@ -109,7 +109,7 @@ class OpenAIService:
         await self._compile_grammar(params, request.grammar_param)
         tools = request.tool_plan(self.tool_max_schema_size)
         if tools is not None and tools.calls_allowed:
-            request.constrain(params, tool_spec(tools), "tools")
+            params.grammar = tool_spec(tools, params.grammar, request.grammar_param)
             await self._compile_grammar(params, "tools")
         offered = tools.definitions() if tools is not None and tools.calls_allowed else None
         prompt = self.prompts.chat_prompt(request.messages, offered)

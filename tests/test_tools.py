@@ -409,3 +409,30 @@ def test_forced_grammars_allow_only_calls() -> None:
         or ""
     )
     assert named(call("get_time", {})) and not named(PARIS)
+
+
+def test_auto_with_a_json_answer_format_answers_in_json_or_calls() -> None:
+    answer = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    accepts = _matcher_for(tool_grammar(plan(tools=[WEATHER]) or _no_plan(), answer) or "")
+    assert accepts('{"ok":true}') and accepts(PARIS)
+    assert not accepts("It is sunny.") and not accepts('{"ok":1}') and not accepts('{"ok":true}' + PARIS)
+
+
+def test_tool_spec_combines_with_json_formats_only() -> None:
+    from backends.grammar import GrammarSpec
+    from handler.tool_grammar import tool_spec
+
+    auto = plan(tools=[WEATHER]) or _no_plan()
+    combined = tool_spec(auto, GrammarSpec.json_object(), "response_format")
+    assert (
+        combined is not None
+        and combined.kind == "lark"
+        and 'answer: %json {"type": "object"' in combined.value
+    )
+    forced = plan(tools=[WEATHER], tool_choice="required") or _no_plan()
+    assert tool_spec(forced, GrammarSpec.json_object(), "response_format") == tool_spec(forced, None, None)
+    none = plan(tools=[WEATHER], tool_choice="none") or _no_plan()
+    assert tool_spec(none, GrammarSpec.regex("a+"), "structured_outputs") == GrammarSpec.regex("a+")
+    with pytest.raises(APIError) as info:
+        tool_spec(auto, GrammarSpec.regex("a+"), "structured_outputs")
+    assert info.value.param == "structured_outputs"

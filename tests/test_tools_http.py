@@ -185,6 +185,19 @@ def test_bad_tool_requests_are_400s_naming_the_field(
     assert body["param"] == param and body["type"] == "invalid_request_error"
 
 
+def test_tools_with_a_json_response_format(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(
+        model="m", messages=USER, tools=TOOLS, response_format={"type": "json_object"}, temperature=0
+    )
+    assert result.choices[0].finish_reason == "tool_calls"  # the scripted answer calls; JSON was allowed too
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="m", messages=USER, tools=TOOLS, extra_body={"structured_outputs": {"regex": "a+"}}
+        )
+    body: Any = info.value.body
+    assert body["param"] == "structured_outputs"
+
+
 def test_legacy_history_renders_like_tool_history(client: openai.OpenAI, server: LiveServer) -> None:
     functions: Any = [t["function"] for t in TOOLS]
     history: Any = [
