@@ -21,10 +21,8 @@ from handler.tool_grammar import CALL_CLOSE, CALL_OPEN
 
 # The start of a call's object up to its arguments, when the name comes first (the grammar's order).
 _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
-# What may still be the end of a call: closing braces, whitespace, a beginning of </tool_call>.
-_MAYBE_END = re.compile(r"[\s}]*(<[/a-z_]*)?$")
-_OBJECT_END = re.compile(r"\s*\}\s*$")
-_CUT_END = re.compile(r"\s*(<[/a-z_]*)?$")
+# A beginning of </tool_call> (or of another tag) at the end of the text.
+_PARTIAL_TAG = re.compile(r"<[/a-z_]*")
 
 
 def new_call_id() -> str:
@@ -133,11 +131,7 @@ class ToolCallParser:
             out.calls.append(CallDelta(index=call.index, id=new_call_id(), name=name))
             call.named = True
         rest = body[head.end() :]
-        if complete:
-            arguments = _OBJECT_END.sub("", rest)
-        else:
-            found = _MAYBE_END.search(rest)
-            arguments = rest[: found.start()] if found else rest
+        arguments = _without_object_end(rest) if complete else _without_maybe_end(rest)
         self._send_arguments(out, call, arguments)
 
     def _send_arguments(self, out: ParsedText, call: _OpenCall, arguments: str) -> None:
@@ -171,7 +165,7 @@ class ToolCallParser:
         if call is not None:
             # Cut short (max_tokens or a stop string) after its object or inside it: a whole object
             # is a whole call; of a cut one, what there is of the arguments goes out.
-            body = _CUT_END.sub("", self._buffer)
+            body = _without_partial_tag(self._buffer).rstrip()
             head = _HEAD.match(body)
             if _is_call(body):
                 self._progress(out, body, complete=True)
@@ -184,6 +178,28 @@ class ToolCallParser:
         if self.num_calls == 0:
             out.content += self._held_space
         self._held_space = ""
+
+
+# Linear scans from the end (a regex anchored at $ retries from every position: quadratic).
+def _without_partial_tag(text: str) -> str:
+    start = text.rfind("<")
+    return text[:start] if start >= 0 and _PARTIAL_TAG.fullmatch(text, start) else text
+
+
+def _without_maybe_end(text: str) -> str:
+    """Without what may still be the end of a call: closing braces, whitespace, a partial tag."""
+    text = _without_partial_tag(text)
+    while True:
+        shorter = text.rstrip().rstrip("}")
+        if shorter == text:
+            return text
+        text = shorter
+
+
+def _without_object_end(text: str) -> str:
+    """Without the brace (and whitespace) that closes the call's object."""
+    text = text.rstrip()
+    return text[:-1].rstrip() if text.endswith("}") else text
 
 
 def _is_call(body: str) -> bool:
