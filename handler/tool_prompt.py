@@ -10,6 +10,7 @@ user turn of `<tool_response>` blocks, so that every chat template can carry a t
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,12 @@ class TemplateSupport:
         from jinja2 import Environment, TemplateSyntaxError, meta
 
         try:
-            names = meta.find_undeclared_variables(Environment().parse(template))
+            # Transformers renders with loop controls on; its own tags (`generation`) fail to parse here.
+            parsed = Environment(extensions=["jinja2.ext.loopcontrols"]).parse(template)
+            reads_tools = "tools" in meta.find_undeclared_variables(parsed)
         except TemplateSyntaxError:
-            names = set()
-        return cls(tools="tools" in names, history="tool_calls" in template)
+            reads_tools = re.search(r"\btools\b", template) is not None
+        return cls(tools=reads_tools, history="tool_calls" in template)
 
 
 def fallback_instructions(tools: list[dict[str, Any]]) -> str:

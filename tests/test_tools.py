@@ -164,6 +164,11 @@ def builder(template: str) -> PromptBuilder:
 def test_template_support_is_detected() -> None:
     assert TemplateSupport.of(CHAT_TEMPLATE) == TemplateSupport(tools=False, history=False)
     assert TemplateSupport.of(NATIVE_TEMPLATE) == TemplateSupport(tools=True, history=True)
+    with_break = "{% for t in tools %}{% break %}{% endfor %}{{ messages }}"
+    assert TemplateSupport.of(with_break).tools
+    unknown_tag = "{% generation %}{{ tools }}{% endgeneration %}"
+    assert TemplateSupport.of(unknown_tag) == TemplateSupport(tools=True, history=False)
+    assert not TemplateSupport.of("{% set tools_used = 1 %}{{ messages }}").tools
 
 
 def test_fallback_puts_tools_in_the_system_turn_and_calls_in_the_history() -> None:
