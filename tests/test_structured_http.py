@@ -145,6 +145,16 @@ def test_structured_outputs_on_completions(client: openai.OpenAI) -> None:
     )
     assert {c.text for c in choice.choices} <= {"yes", "no", "maybe"}
     assert all(c.finish_reason == "stop" for c in choice.choices)
+    best = client.completions.create(
+        model="tiny",
+        prompt="Answer:",
+        max_tokens=10,
+        n=2,
+        best_of=4,
+        seed=1,
+        extra_body={"structured_outputs": {"choice": ["yes", "no", "maybe"]}},
+    )
+    assert len(best.choices) == 2 and {c.text for c in best.choices} <= {"yes", "no", "maybe"}
     regex = client.completions.create(
         model="tiny",
         prompt="Code:",
