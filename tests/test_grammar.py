@@ -160,6 +160,9 @@ def test_mask_lines_up_with_logits_wider_than_the_vocabulary(
 
 def test_complete_grammar_allows_only_eos(compiler: GrammarCompiler, tokenizer: Any) -> None:
     matcher = compiler.compile(GrammarSpec.regex("a")).matcher()
+    scores = torch.zeros(1, compiler.tokenizer.vocab_size)
+    apply_grammar(scores, [matcher], compiler.tokenizer)
+    assert tokenizer.eos_token_id not in _allowed_ids(scores[0])  # not before the grammar may end
     (token,) = compiler.tokenizer.ll.greedy_tokenize("a")
     assert matcher.advance(token) == "stop"
     scores = torch.zeros(1, compiler.tokenizer.vocab_size)

@@ -145,6 +145,16 @@ def test_structured_outputs_on_completions(client: openai.OpenAI) -> None:
     )
     assert {c.text for c in choice.choices} <= {"yes", "no", "maybe"}
     assert all(c.finish_reason == "stop" for c in choice.choices)
+    best = client.completions.create(
+        model="tiny",
+        prompt="Answer:",
+        max_tokens=10,
+        n=2,
+        best_of=4,
+        seed=1,
+        extra_body={"structured_outputs": {"choice": ["yes", "no", "maybe"]}},
+    )
+    assert len(best.choices) == 2 and {c.text for c in best.choices} <= {"yes", "no", "maybe"}
     regex = client.completions.create(
         model="tiny",
         prompt="Code:",
@@ -235,3 +245,33 @@ def test_a_schema_over_the_size_limit_is_a_400(client: openai.OpenAI) -> None:
     body: Any = error.body
     assert body["param"] == "response_format"
     assert "limit" in body["message"]
+
+
+class City(BaseModel):
+    name: str = Field(max_length=30)
+    country: str = Field(max_length=30)
+    population: int = Field(ge=0, le=100_000_000)  # greedy digits would otherwise run on
+
+
+@pytest.mark.slow
+def test_default_model_parse_and_streamed_json_object() -> None:
+    with live_server(Settings(), loader=load_served_model) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=300)
+        messages: Any = [{"role": "user", "content": "Describe the city of Paris as JSON."}]
+        parsed = client.chat.completions.parse(
+            model="default", messages=messages, response_format=City, max_tokens=80, temperature=0
+        )
+        choice = parsed.choices[0]
+        assert choice.finish_reason == "stop" and isinstance(choice.message.parsed, City)
+        assert "Paris" in choice.message.parsed.name
+        question = 'What is the capital of France? Answer with a JSON object like {"capital": "..."}.'
+        stream = client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": question}],
+            response_format={"type": "json_object"},
+            max_tokens=60,
+            temperature=0,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert isinstance(json.loads(text), dict)
