@@ -77,8 +77,12 @@ class ChatStream(ChunkStream[ChatCompletionChunk]):
         self.parsers: dict[int, ToolCallParser] = {}
 
     def _opening(self) -> list[ChatCompletionChunk]:
+        # A forced call has no content: null from the start, as in its JSON body.
+        content = None if self.tools is not None and self.tools.forced else ""
         return [
-            self._new_chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
+            self._new_chunk(
+                [ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=content))]
+            )
             for index in range(self.job.n)
         ]
 

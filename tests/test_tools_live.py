@@ -110,6 +110,18 @@ def test_required_with_parallel_calls_validates_every_call(client: openai.OpenAI
             jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
 
 
+def test_the_stream_helper_matches_the_body(client: openai.OpenAI) -> None:
+    fields: Any = {"model": "tiny", "messages": MESSAGES, "tools": TOOLS, "tool_choice": NAMED, "seed": 3}
+    whole = client.chat.completions.create(**fields, max_tokens=90).choices[0].message
+    with client.chat.completions.stream(**fields, max_tokens=90) as stream:
+        final = stream.get_final_completion().choices[0].message
+    assert final.content is None and whole.content is None
+    assert [(c.function.name, c.function.arguments) for c in final.tool_calls or []] == [
+        (c.function.name, c.function.arguments) for c in whole.tool_calls or []
+    ]
+    assert isinstance((final.tool_calls or [])[0].function.parsed_arguments, Alarm)
+
+
 def test_parse_with_strict_pydantic_tools(client: openai.OpenAI) -> None:
     completion = client.chat.completions.parse(
         model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=NAMED, max_tokens=90, seed=2
