@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -124,6 +125,10 @@ def mask_cost(model: Model, batch: int, steps: int = 20) -> float:
     return total / steps
 
 
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="MODEL (default: the default model)")
@@ -140,18 +145,25 @@ def main() -> None:
     model.core.grammars.prepare()
     tokenizer_s = time.perf_counter() - started
     long_spec = GrammarSpec.json_schema(LONG)
+    _progress(f"grammar tokenizer built in {tokenizer_s:.2f} s")
     throughput(model, 2, 8, None)  # warm-up
     throughput(model, 2, 8, long_spec)
+    _progress("warmed up")
     plain: list[float] = []
     constrained: list[float] = []
     for _ in range(args.rounds):  # alternate, so that a noisy neighbour hits both alike
         plain.append(throughput(model, args.streams, args.tokens, None))
         constrained.append(throughput(model, args.streams, args.tokens, long_spec))
+        _progress(f"throughput: plain {plain[-1]:.1f}, constrained {constrained[-1]:.1f} tok/s")
     base = [ttft(model, None) for _ in range(args.ttft_runs)]
     new = [ttft(model, GrammarSpec.json_schema(typical_schema(f"n{i}"))) for i in range(args.ttft_runs)]
     repeated_spec = GrammarSpec.json_schema(typical_schema("same"))
     ttft(model, repeated_spec)
     repeated = [ttft(model, repeated_spec) for _ in range(args.ttft_runs)]
+    _progress(
+        f"ttft medians: plain {statistics.median(base):.3f}, new {statistics.median(new):.3f}, "
+        f"repeated {statistics.median(repeated):.3f} s"
+    )
     results = {
         "model": model.info.name,
         "vocab_size": model.info.vocab_size,
