@@ -4,11 +4,13 @@
 
 1. Throughput: `--streams` requests at once, `--tokens` tokens each, every request under a
    JSON schema whose valid outputs run past `--tokens` (so each ends with `length`, as the
-   unconstrained ones forced with ignore_eos do); completion tokens/s, best of `--rounds`
-   alternating rounds, and the ratio constrained / unconstrained.
+   unconstrained ones forced with ignore_eos do); completion tokens/s over `--rounds`
+   alternating rounds, and the ratio constrained / unconstrained (of the best rounds, and
+   the median of each round's pair: on a shared machine the pairs are the fairer figure).
 2. Time to first token of one request alone: unconstrained, with a schema never seen before
    (a pydantic model of 8 fields, renamed each time, so the compile is paid), and with a
-   schema already compiled (cache hit). Medians of `--ttft-runs`.
+   schema already compiled (cache hit). Medians of `--ttft-runs`; and the compile alone
+   (what a new schema adds to TTFT, without the forward's noise), for misses and hits.
 3. The mask stage alone per step (fill the bitmasks + apply them to [B, V] logits) at batch
    sizes 1..64, for the model's vocabulary.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -105,6 +108,16 @@ def ttft(model: Model, spec: GrammarSpec | None) -> float:
     return elapsed
 
 
+def compile_ms(model: Model, specs: list[GrammarSpec]) -> list[float]:
+    """Milliseconds to compile each spec (cache misses and hits alike), as the API layer does."""
+    times = []
+    for spec in specs:
+        start = time.perf_counter()
+        model.core.grammars.compile(spec, "response_format")
+        times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
 def mask_cost(model: Model, batch: int, steps: int = 20) -> float:
     """Mean seconds of the mask stage for `batch` constrained rows (each at a different point)."""
     compiler = model.core.grammars
@@ -124,14 +137,19 @@ def mask_cost(model: Model, batch: int, steps: int = 20) -> float:
     return total / steps
 
 
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="MODEL (default: the default model)")
     ap.add_argument("--backend", default="hf_eager")
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--ttft-runs", type=int, default=7)
+    ap.add_argument("--mask-steps", type=int, default=20, help="steps timed per batch size (mask stage)")
     ap.add_argument("--output", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -140,18 +158,29 @@ def main() -> None:
     model.core.grammars.prepare()
     tokenizer_s = time.perf_counter() - started
     long_spec = GrammarSpec.json_schema(LONG)
+    _progress(f"grammar tokenizer built in {tokenizer_s:.2f} s")
     throughput(model, 2, 8, None)  # warm-up
     throughput(model, 2, 8, long_spec)
+    _progress("warmed up")
     plain: list[float] = []
     constrained: list[float] = []
     for _ in range(args.rounds):  # alternate, so that a noisy neighbour hits both alike
         plain.append(throughput(model, args.streams, args.tokens, None))
         constrained.append(throughput(model, args.streams, args.tokens, long_spec))
+        _progress(f"throughput: plain {plain[-1]:.1f}, constrained {constrained[-1]:.1f} tok/s")
     base = [ttft(model, None) for _ in range(args.ttft_runs)]
     new = [ttft(model, GrammarSpec.json_schema(typical_schema(f"n{i}"))) for i in range(args.ttft_runs)]
     repeated_spec = GrammarSpec.json_schema(typical_schema("same"))
     ttft(model, repeated_spec)
     repeated = [ttft(model, repeated_spec) for _ in range(args.ttft_runs)]
+    _progress(
+        f"ttft medians: plain {statistics.median(base):.3f}, new {statistics.median(new):.3f}, "
+        f"repeated {statistics.median(repeated):.3f} s"
+    )
+    fresh = [GrammarSpec.json_schema(typical_schema(f"c{i}")) for i in range(args.ttft_runs)]
+    misses = compile_ms(model, fresh)
+    hits = compile_ms(model, fresh)
+    ratios = [c / p for c, p in zip(constrained, plain, strict=True)]
     results = {
         "model": model.info.name,
         "vocab_size": model.info.vocab_size,
@@ -160,13 +189,19 @@ def main() -> None:
         "tokens": args.tokens,
         "plain_tok_s": round(max(plain), 1),
         "constrained_tok_s": round(max(constrained), 1),
-        "ratio": round(max(constrained) / max(plain), 3),
+        "ratio_of_best": round(max(constrained) / max(plain), 3),
+        "ratio_median_of_rounds": round(statistics.median(ratios), 3),
+        "rounds": [[round(p, 1), round(c, 1)] for p, c in zip(plain, constrained, strict=True)],
         "ttft_plain_ms": round(1000 * statistics.median(base), 1),
         "ttft_new_schema_added_ms": round(1000 * (statistics.median(new) - statistics.median(base)), 1),
         "ttft_repeated_schema_added_ms": round(
             1000 * (statistics.median(repeated) - statistics.median(base)), 1
         ),
-        "mask_ms_per_step": {b: round(1000 * mask_cost(model, b), 2) for b in (1, 4, 16, 64)},
+        "compile_new_schema_ms": round(statistics.median(misses), 2),
+        "compile_repeated_schema_ms": round(statistics.median(hits), 3),
+        "mask_ms_per_step": {
+            b: round(1000 * mask_cost(model, b, args.mask_steps), 2) for b in (1, 4, 16, 64)
+        },
     }
     text = json.dumps(results, indent=2)
     print(text)

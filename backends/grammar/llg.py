@@ -141,11 +141,15 @@ class CompiledGrammar:
         self.spec = spec
         try:
             text = grammar_text(spec)
-        except (ValueError, TypeError) as exc:
-            raise GrammarCompileError(str(exc)) from exc
-        self._template = llguidance.LLMatcher(
-            tokenizer.ll, text, log_level=0, limits=_limits(max_grammar_size)
-        )
+            self._template = llguidance.LLMatcher(
+                tokenizer.ll, text, log_level=0, limits=_limits(max_grammar_size)
+            )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a Rust panic arrives as pyo3's PanicException, a BaseException
+            raise GrammarCompileError(
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            ) from exc
         if self._template.is_error():
             raise _compile_error(self._template.get_error())
 

@@ -17,13 +17,13 @@ import torch
 from backends.grammar.llg import GrammarMatcher, GrammarTokenizer
 from backends.sampler import Mask
 
-_BITS = torch.arange(32, dtype=torch.int32)  # [32]
+# Bit j of an int32 word, the sign bit included: token 32w + j is bit j of word w.
+_BITS = torch.tensor([1 << j for j in range(31)] + [-(2**31)], dtype=torch.int32)  # [32]
 
 
 def unpack(bitmask: torch.Tensor, width: int) -> torch.Tensor:
     """[G, W] int32 bitmask -> [G, width] bool: True where the token may come next."""
-    bits = (bitmask.unsqueeze(-1) >> _BITS) & 1  # [G, W, 32]
-    allowed = bits.reshape(bitmask.shape[0], -1).bool()  # [G, 32 * W]
+    allowed = (bitmask.unsqueeze(-1) & _BITS).ne(0).reshape(bitmask.shape[0], -1)  # [G, 32W]
     have = allowed.shape[1]
     if have >= width:
         return allowed[:, :width]
