@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from backends.engine import EngineCore, StepResult
 from backends.errors import EngineStoppedError
+from backends.grammar import GrammarCompiler
 from backends.outputs import RequestOutput
 from backends.params import SamplingParams
 from backends.step_clock import Stall, StepClock
@@ -74,6 +75,11 @@ class AsyncEngine:
         return self.core.num_queued
 
     @property
+    def grammars(self) -> GrammarCompiler:
+        """Compiles response_format / structured_outputs constraints (await `compile_async`)."""
+        return self.core.grammars
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
@@ -83,6 +89,9 @@ class AsyncEngine:
             warm_up = getattr(self.core.backend, "warm_up", None)
             if callable(warm_up):  # CUDA graphs belong to the thread that captured them: the step thread
                 await asyncio.get_running_loop().run_in_executor(self._executor, warm_up)
+            # The grammar engine's index of the vocabulary (about a second for a 50k vocabulary)
+            # is built now, beside the engine, so the first structured request does not wait.
+            asyncio.get_running_loop().run_in_executor(None, self.core.grammars.prepare)
             self._wakeup = asyncio.Event()
             self._stopped = False
             self._task = asyncio.create_task(self._loop(), name="ladle-engine")

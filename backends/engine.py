@@ -21,6 +21,8 @@ import torch
 
 from backends.base import Backend, StagedBackend
 from backends.errors import EngineStoppedError, GenerationError, InvalidRequestError, QueueFullError
+from backends.grammar import GrammarCompiler
+from backends.grammar.mask import grammar_mask
 from backends.outputs import RequestOutput, TokenLogprob
 from backends.params import SamplingParams
 from backends.prefill import Prefiller, token_logprob
@@ -67,6 +69,7 @@ class EngineCore:
         self.max_batch_size = max_batch_size
         self.max_queued_requests = max_queued_requests
         self.sampler = Sampler(self.info.eos_token_ids, self.info.vocab_size)
+        self.grammars = GrammarCompiler(backend.tokenizer, self.info.eos_token_ids)
         self._lock = threading.Lock()
         self._waiting: deque[Request] = deque()
         self._requests: dict[str, Request] = {}
@@ -101,6 +104,7 @@ class EngineCore:
     ) -> str:
         """Validate and queue a request; raises at once if it cannot be served."""
         prompt = check_request(self.info, self.max_batch_size, list(prompt_ids), params)
+        grammar = None if params.grammar is None else self.grammars.compile(params.grammar)
         request_id = request_id or uuid.uuid4().hex
         with self._lock:
             if not self.accepting:
@@ -109,7 +113,7 @@ class EngineCore:
                 raise InvalidRequestError(f"request id {request_id} is already in use")
             if len(self._waiting) >= self.max_queued_requests:
                 raise QueueFullError(f"the queue is full ({self.max_queued_requests} requests waiting)")
-            request = Request(request_id, prompt, params, time.monotonic())
+            request = Request(request_id, prompt, params, time.monotonic(), grammar=grammar)
             self._waiting.append(request)
             self._requests[request_id] = request
         return request_id
@@ -234,7 +238,7 @@ class EngineCore:
             raise
 
     def _sample(self, logits: torch.Tensor, rows: list[Sequence], touched: dict[str, Request]) -> None:
-        result = self.sampler(logits, rows)
+        result = self.sampler(logits, rows, grammar_mask(rows, lambda: self.grammars.tokenizer))
         for i, s in enumerate(rows):
             touched[s.request.request_id] = s.request
             self._advance(s, result.token_ids[i], result.logprobs[i], result.top_logprobs[i])
@@ -245,13 +249,16 @@ class EngineCore:
         if s.params.logprobs is not None:
             s.delta_logprobs.append(self._token_logprob(token, logprob, top))
         params = s.params
+        ended = None if s.matcher is None else s.matcher.advance(token)  # "stop" once the grammar is complete
         if (token in self.info.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
-            self._close(s, "stop")
+            self._close(s, ended or "stop")
             return
         text, stopped = s.stopper.feed(s.detokenizer.add(token))
         s.delta_text += text
         if stopped:
             s.finish_reason = "stop"
+        elif ended is not None:
+            self._close(s, ended)
         elif len(s.output_ids) >= s.max_tokens:
             self._close(s, "length")
 

@@ -11,6 +11,7 @@ from backends import loading
 from backends.async_engine import AsyncEngine
 from backends.base import Backend, ModelInfo
 from backends.engine import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE_TOKENS, EngineCore
+from backends.grammar import from_response_format, from_structured_outputs
 from backends.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 from backends.params import SamplingParams
 
@@ -85,7 +86,20 @@ def load_model(
 
 
 def make_params(**kwargs: Any) -> SamplingParams:
-    """SamplingParams from keyword arguments; unknown or invalid ones raise ValueError naming them."""
+    """SamplingParams from keyword arguments; unknown or invalid ones raise ValueError naming them.
+
+    `response_format` (OpenAI's) and `structured_outputs` (vLLM's) become `grammar`.
+    """
+    for name, convert in (
+        ("response_format", from_response_format),
+        ("structured_outputs", from_structured_outputs),
+    ):
+        if name in kwargs:
+            spec = convert(kwargs.pop(name), name)
+            if spec is not None:
+                if kwargs.get("grammar") is not None:
+                    raise ValueError(f"{name}: only one of response_format, structured_outputs, grammar")
+                kwargs["grammar"] = spec
     unknown = sorted(set(kwargs) - _PARAM_NAMES)
     if unknown:
         raise ValueError(f"unknown parameter: {unknown[0]}")
@@ -129,7 +143,7 @@ class Model:
         """Generate for one prompt, yielding a choice dict per new piece of text of each choice."""
         if self._engine is not None and self._engine.running:
             raise RuntimeError("the async engine is running: use `async for c in model.agenerate(...)`")
-        params = make_params(**kwargs)
+        params = self._params(kwargs)
         shaper = ChoiceShaper(params, self.prompt_text(prompt) if params.echo else "")
         request_id = self.core.add_request(self.encode(prompt), params)
         return self._drive(request_id, shaper)
@@ -152,7 +166,7 @@ class Model:
         self, prompt: str | Sequence[int] = "", **kwargs: Any
     ) -> AsyncIterator[dict[str, Any]]:
         """The async variant of calling the model; needs the engine started (`await model.engine.start()`)."""
-        params = make_params(**kwargs)
+        params = self._params(kwargs)
         shaper = ChoiceShaper(params, self.prompt_text(prompt) if params.echo else "")
         engine = self.engine
         if not engine.running:
@@ -161,6 +175,16 @@ class Model:
         async for output in stream:
             for choice in shaper.choices(output):
                 yield choice
+
+    def _params(self, kwargs: dict[str, Any]) -> SamplingParams:
+        """make_params, and the grammar compiled now, so that its error names the keyword it came from."""
+        source = next(
+            (k for k in ("response_format", "structured_outputs", "grammar") if k in kwargs), "grammar"
+        )
+        params = make_params(**kwargs)
+        if params.grammar is not None:
+            self.core.grammars.compile(params.grammar, param=source)
+        return params
 
     def close(self) -> None:
         """Drop the model's weights and cache."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backends.grammar.spec import GrammarSpec
 
 # Past any vocabulary, and within the int64 the sampler puts it in (a larger one failed the batch).
 MAX_TOP_K = 2**31 - 1
@@ -37,6 +41,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    grammar: GrammarSpec | None = None  # constrained decoding (backends/grammar)
 
     @property
     def greedy(self) -> bool:
@@ -85,6 +90,12 @@ class SamplingParams:
             raise ValueError("stop strings must not be empty")
         for token in self.stop_token_ids:
             _int("stop_token_ids", token, low=0)
+        if self.grammar is not None:
+            # Both would make a row go on past the end of its grammar, where no token is allowed.
+            if self.min_tokens:
+                raise ValueError("min_tokens cannot be used with a grammar constraint (structured output)")
+            if self.ignore_eos:
+                raise ValueError("ignore_eos cannot be used with a grammar constraint (structured output)")
 
 
 def _int(name: str, value: object, low: int | None = None, high: int | None = None) -> None:

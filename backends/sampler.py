@@ -14,13 +14,16 @@ row does, so a batch of plain greedy rows costs one argmax. The order is:
    tokens only: logit[j] -= frequency_penalty * count[j] + presence_penalty * (count[j] > 0);
 5. min_tokens: until a row has generated min_tokens tokens, every eos id and every
    stop_token_ids id of the row gets -inf (ignore_eos does not change this);
-6. logprobs, as log_softmax of the logits after steps 2-5. They are therefore the
+6. grammar: rows under a constraint (structured output) keep only the tokens their grammar
+   allows next, every other token -inf (the `mask` callable, backends/grammar/mask.py);
+   rows without one pay nothing;
+7. logprobs, as log_softmax of the logits after steps 2-6. They are therefore the
    model's distribution adjusted by the request's biases and penalties, NOT the
    truncated sampling distribution (no temperature, top_k, top_p or min_p): a sampled
    token's logprob says how likely the adjusted model found it;
-7. greedy rows (temperature 0, or below 1e-5, which would overflow): argmax (ties go to
+8. greedy rows (temperature 0, or below 1e-5, which would overflow): argmax (ties go to
    the lowest id);
-8. sampled rows: logits / temperature, then top_k, top_p and min_p (Transformers'
+9. sampled rows: logits / temperature, then top_k, top_p and min_p (Transformers'
    semantics and order; the token that crosses top_p is kept, and so is always the most
    likely token) from one descending sort of the rows that use any of them; then one
    uniform number per row from the row's own generator picks the token by inverse CDF,
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,10 +46,12 @@ import torch
 
 from backends.params import SamplingParams
 
-__all__ = ["SampleResult", "Sampler", "SamplingRow", "make_generator", "wants_logprobs"]
+__all__ = ["Mask", "SampleResult", "Sampler", "SamplingRow", "make_generator", "wants_logprobs"]
 
 _NEG_INF = float("-inf")
 _CANDIDATES = 1024  # tokens kept before the sort that top_p / min_p need
+
+Mask = Callable[[torch.Tensor], None]  # masks a float32 [B, V] in place (step 6)
 
 
 class SamplingRow(Protocol):
@@ -287,12 +292,14 @@ class Sampler:
         self.eos_token_ids: set[int] = {int(t) for t in eos_token_ids}
         self.vocab_size = vocab_size
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SampleResult:
+    def __call__(
+        self, logits: torch.Tensor, rows: Sequence[SamplingRow], mask: Mask | None = None
+    ) -> SampleResult:
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [{len(rows)}, vocab], got {list(logits.shape)}")
         if not rows:
             return SampleResult([], [], [])
-        scores = self._adjust(logits[:, : self.vocab_size], rows)  # [B, V]
+        scores = self._adjust(logits[:, : self.vocab_size], rows, mask)  # [B, V]
         lp_rows = [i for i, r in enumerate(rows) if wants_logprobs(r.params)]
         logp = None
         if lp_rows:  # [L, V]
@@ -305,8 +312,10 @@ class Sampler:
             _fill_logprobs(logp, lp_rows, chosen, rows, logprobs, top)
         return SampleResult(token_ids, logprobs, top)
 
-    def _adjust(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-        """Steps 2-5 on a float32 copy; `logits` itself when no row needs any of them."""
+    def _adjust(
+        self, logits: torch.Tensor, rows: Sequence[SamplingRow], mask: Mask | None = None
+    ) -> torch.Tensor:
+        """Steps 2-6 on a float32 copy; `logits` itself when no row needs any of them."""
         bias = any(r.params.logit_bias for r in rows)
         rep = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0]
         pen = [
@@ -315,7 +324,7 @@ class Sampler:
             if r.output_ids and (r.params.presence_penalty != 0.0 or r.params.frequency_penalty != 0.0)
         ]
         short = [i for i, r in enumerate(rows) if len(r.output_ids) < r.params.min_tokens]
-        if not (bias or rep or pen or short):
+        if not (bias or rep or pen or short or mask):
             return logits
         scores = logits.to(torch.float32, copy=True)  # [B, V]
         if bias:
@@ -326,6 +335,8 @@ class Sampler:
             _presence_frequency(scores, rows, pen)
         if short:
             _min_tokens(scores, rows, short, self.eos_token_ids)
+        if mask is not None:
+            mask(scores)
         return scores
 
     def _choose(self, scores: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
@@ -366,4 +377,5 @@ def _fill_logprobs(
         return
     values, ids = torch.topk(logp, k_max, dim=-1)  # [L, k_max] each, sorted descending
     for i, k, vals, toks in zip(lp_rows, ks, values.tolist(), ids.tolist(), strict=True):
-        top[i] = list(zip(toks[:k], vals[:k], strict=True))
+        # A token masked to -inf (grammar, min_tokens) could not have been sampled: not listed.
+        top[i] = [(t, v) for t, v in zip(toks[:k], vals[:k], strict=True) if v != _NEG_INF]

@@ -81,6 +81,7 @@ def make_sequences(request: Request, info: ModelInfo, tokenizer: Any, first_seq_
                 generator=make_generator(seed),
                 detokenizer=IncrementalDetokenizer(tokenizer, prompt_context, params.skip_special_tokens),
                 stopper=StopMatcher(params.stop),
+                matcher=None if request.grammar is None else request.grammar.matcher(),
             )
         )
     return seq_id

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
 
     from backends.detokenizer import IncrementalDetokenizer
+    from backends.grammar import CompiledGrammar, GrammarMatcher
     from backends.params import SamplingParams
     from backends.stopping import StopMatcher
 
@@ -29,6 +30,7 @@ class Sequence:
     generator: torch.Generator
     detokenizer: IncrementalDetokenizer
     stopper: StopMatcher
+    matcher: GrammarMatcher | None = None  # the grammar state of a constrained sequence
     output_ids: list[int] = field(default_factory=list)
     cumulative_logprob: float = 0.0
     finish_reason: str | None = None
@@ -74,6 +76,7 @@ class Request:
     aborted: bool = False
     prompt_logprobs: list[TokenLogprob] | None = None
     prompt_logprobs_sent: bool = False
+    grammar: CompiledGrammar | None = None  # the compiled params.grammar
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
     @property

@@ -29,6 +29,7 @@ class Settings:
     completion_max_logprobs: int = 5
     completion_max_interval: int = 0
     chat_template: str | None = None
+    tool_max_schema_size: int = 32 * 1024
     cors_origins: tuple[str, ...] = ()
     api_key: str | None = None
     max_body_size: int = 4 * 1024 * 1024
@@ -120,6 +121,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "chat_template", "CHAT_TEMPLATE", "Jinja file to render chat messages with, instead of the model's"
+    ),
+    Option(
+        "tool_max_schema_size",
+        "TOOL_MAX_SCHEMA_SIZE",
+        "largest tool definitions (tools or functions, as JSON) one chat request may declare, in bytes",
+        1,
     ),
     Option("cors_origins", "CORS_ORIGINS", "comma-separated origins allowed by CORS; empty allows none"),
     Option("api_key", "API_KEY", "require this bearer key on every route but /health, /ping and /livez"),

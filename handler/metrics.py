@@ -182,6 +182,10 @@ class MeteredEngine:
         self.engine = engine
         self.metrics = metrics
 
+    @property
+    def grammars(self) -> Any:  # backends.grammar.GrammarCompiler: structured outputs compile there
+        return self.engine.grammars
+
     def submit(
         self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None = None
     ) -> MeteredStream:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handler.errors import APIError
+from handler.tool_prompt import TemplateSupport, with_tools
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -39,6 +40,7 @@ class PromptBuilder:
         self.vocab_size = vocab_size
         self.max_prompt_tokens = max_prompt_tokens
         self.chat_template = chat_template
+        self._supports: dict[str, TemplateSupport] = {}
 
     @classmethod
     def read_template(cls, path: str | None) -> str | None:
@@ -64,8 +66,11 @@ class PromptBuilder:
                 prompts.append(self._from_ids(item))
         return prompts
 
-    def chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
-        """Render the conversation with the chat template, ready for the assistant's turn."""
+    def chat_prompt(
+        self, messages: Sequence[ChatMessage], tools: list[dict[str, Any]] | None = None
+    ) -> Prompt:
+        """Render the conversation (and the tools, when given) with the chat template, ready for
+        the assistant's turn; tool_prompt says how a template without tool support gets them."""
         template = self.chat_template or getattr(self.tokenizer, "chat_template", None)
         if not template:
             raise APIError(
@@ -74,17 +79,24 @@ class PromptBuilder:
                 param="messages",
                 code="chat_template_missing",
             )
-        conversation = [_message_dict(message) for message in messages]
-        text = self._render(conversation, template)
+        support = self._support(template)
+        conversation = with_tools([_message_dict(message) for message in messages], tools, support)
+        text = self._render(conversation, template, tools if support.tools else None)
         ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
         return self._checked(ids, text, param="messages")
 
-    def _render(self, conversation: list[dict[str, Any]], template: str) -> str:
+    def _support(self, template: str) -> TemplateSupport:
+        cached = self._supports.get(template)
+        if cached is None:
+            cached = self._supports[template] = TemplateSupport.of(template)
+        return cached
+
+    def _render(self, conversation: list[dict[str, Any]], template: str, tools: list[Any] | None) -> str:
         from jinja2 import TemplateError
 
         try:
             rendered = self.tokenizer.apply_chat_template(
-                conversation, chat_template=template, add_generation_prompt=True, tokenize=False
+                conversation, chat_template=template, tools=tools, add_generation_prompt=True, tokenize=False
             )
         except TemplateError as exc:
             raise APIError(f"the chat template refused these messages: {exc}", param="messages") from None
@@ -115,11 +127,14 @@ class PromptBuilder:
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
-    # Few templates know the "developer" role; it means what "system" means.
-    role = "system" if message.role == "developer" else message.role
+    # Few templates know the "developer" role; it means what "system" means. The legacy
+    # "function" role and function_call are a tool result and a tool call.
+    role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
     result: dict[str, Any] = {"role": role, "content": message.text()}
     for key in ("name", "tool_call_id", "tool_calls"):
         value = getattr(message, key)
         if value is not None:
             result[key] = value
+    if message.function_call is not None and message.tool_calls is None:
+        result["tool_calls"] = [{"id": "call_0", "type": "function", "function": message.function_call}]
     return result

@@ -6,10 +6,21 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from backends.errors import InvalidRequestError
+from backends.grammar import GrammarSpec, from_response_format, from_structured_outputs
 from backends.params import MAX_TOP_K, MIN_DIVISOR, SamplingParams
 from handler.errors import APIError
+from handler.tools import (
+    DEFAULT_MAX_TOOLS_SIZE,
+    FunctionCall,
+    FunctionDefinition,
+    ToolChoice,
+    ToolDefinition,
+    ToolPlan,
+    plan_tools,
+)
 
 StopString = Annotated[str, Field(min_length=1)]
 TokenId = Annotated[int, Field(ge=0)]
@@ -82,6 +93,25 @@ class SamplingRequest(_Strict):
     seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     user: str | None = None
     ignore_eos: bool | None = False
+    # vLLM's extension: exactly one of json (a schema), regex, choice, grammar (Lark/GBNF), json_object.
+    structured_outputs: dict[str, Any] | None = None
+    # Which request field set params.grammar (the `param` of its compile errors).
+    _grammar_param: str | None = PrivateAttr(default=None)
+
+    @property
+    def grammar_param(self) -> str | None:
+        return self._grammar_param
+
+    def constrain(self, params: SamplingParams, spec: GrammarSpec | None, param: str) -> None:
+        """Set params.grammar from the field `param`; a second constraint is a 400."""
+        if spec is None:
+            return
+        if params.grammar is not None:
+            raise APIError(
+                f"{param} cannot be combined with {self._grammar_param}: one output constraint per request",
+                param=param,
+            )
+        params.grammar, self._grammar_param = spec, param
 
     @property
     def streaming(self) -> bool:
@@ -103,7 +133,7 @@ class SamplingRequest(_Strict):
         if max_tokens is not None:
             _limit("max_tokens", max_tokens, limits.max_tokens)
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingParams(
+        params = SamplingParams(
             n=n,
             max_tokens=max_tokens,
             min_tokens=_or(self.min_tokens, 0),
@@ -119,6 +149,12 @@ class SamplingRequest(_Strict):
             stop=stop,
             ignore_eos=bool(self.ignore_eos),
         )
+        self.constrain(
+            params,
+            _spec(from_structured_outputs, self.structured_outputs, "structured_outputs"),
+            "structured_outputs",
+        )
+        return params
 
 
 class CompletionRequest(SamplingRequest):
@@ -165,15 +201,16 @@ class TextPart(_Strict):
 class ChatMessage(_Strict):
     """One message of a conversation."""
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None  # legacy: one call; "function" messages hold its result
 
-    @field_validator("tool_calls")
+    @field_validator("tool_calls", "function_call")
     @classmethod
-    def _shallow(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    def _shallow(cls, value: Any) -> Any:
         # The chat template walks tool_calls recursively: a deep one was a RecursionError (500).
         if value is not None and _depth(value) > MAX_JSON_DEPTH:
             raise ValueError(f"tool_calls are nested deeper than {MAX_JSON_DEPTH} levels")
@@ -181,7 +218,9 @@ class ChatMessage(_Strict):
 
     @model_validator(mode="after")
     def _needs_content(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        if self.content is None and not (
+            self.role == "assistant" and (self.tool_calls or self.function_call)
+        ):
             raise ValueError(f"a {self.role} message needs content")
         return self
 
@@ -192,9 +231,29 @@ class ChatMessage(_Strict):
         return self.content or ""
 
 
+class JSONSchemaFormat(_Strict):
+    """response_format.json_schema: the output is JSON that validates against `schema`."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # ladle enforces the schema either way
+
+
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -205,36 +264,37 @@ class ChatCompletionRequest(SamplingRequest):
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: str | dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    functions: list[FunctionDefinition] | None = None
+    function_call: FunctionCall | None = None
     parallel_tool_calls: bool | None = None
+
+    def tool_plan(self, max_size: int = DEFAULT_MAX_TOOLS_SIZE) -> ToolPlan | None:
+        """The tools and what the request asks of them (legacy functions mapped); None without tools."""
+        return plan_tools(
+            self.tools,
+            self.tool_choice,
+            self.parallel_tool_calls,
+            self.functions,
+            self.function_call,
+            max_size=max_size,
+        )
 
     def sampling_params(self, limits: Limits) -> SamplingParams:
         """Check the chat-only rules and build SamplingParams (max_tokens None: up to the context)."""
         self.check_stream_options()
-        self._refuse_unsupported()
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         params = self.common_params(limits, max_tokens)
+        if self.response_format is not None:
+            spec = _spec(from_response_format, self.response_format.as_dict(), "response_format")
+            self.constrain(params, spec, "response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError("top_logprobs requires logprobs to be true", param="top_logprobs")
         if self.logprobs:
             params.logprobs = _or(self.top_logprobs, 0)
             _limit("top_logprobs", params.logprobs, limits.max_top_logprobs)
         return params
-
-    def _refuse_unsupported(self) -> None:
-        if self.response_format is not None and self.response_format.type != "text":
-            raise APIError(
-                f"response_format {self.response_format.type} is not supported yet; only text is",
-                param="response_format",
-            )
-        if self.tools or self.functions:
-            param = "tools" if self.tools else "functions"
-            raise APIError("tool calling is not supported yet", param=param)
-        if self.function_call is not None or self.tool_choice not in (None, "none", "auto"):
-            raise APIError("tool calling is not supported yet", param="tool_choice")
 
 
 def check_json_values(body: dict[str, Any]) -> None:
@@ -273,6 +333,15 @@ def _depth(value: Any) -> int:
             )
         level = inner
     return depth
+
+
+def _spec(convert: Any, value: dict[str, Any] | None, param: str) -> GrammarSpec | None:
+    """A request field's constraint as a GrammarSpec; its shape errors are 400s naming the field."""
+    try:
+        spec: GrammarSpec | None = convert(value, param)
+    except InvalidRequestError as exc:
+        raise APIError(str(exc), param=exc.param or param) from None
+    return spec
 
 
 def _or(value: Any, default: Any) -> Any:

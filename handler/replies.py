@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, model_serializer
+from pydantic import BaseModel, Field, model_serializer
 
 
 class PromptTokensDetails(BaseModel):
@@ -64,10 +64,29 @@ class ChatLogprobs(BaseModel):
     refusal: list[ChatTokenLogprob] | None = None
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+class FunctionCallBody(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallBody(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallBody
+
+
 class AssistantMessage(BaseModel):
+    """The answer; `content` is null when it is only tool calls, and `tool_calls` is left out when none."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCallBody] | None = Field(default=None, exclude_if=_is_none)
+    function_call: FunctionCallBody | None = Field(default=None, exclude_if=_is_none)  # legacy `functions`
 
 
 class ChatChoice(BaseModel):
@@ -87,17 +106,57 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    """A piece of a streamed call: the name once, then the arguments in pieces."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer
+    def _drop_unset(self) -> dict[str, Any]:
+        return {
+            key: value
+            for key, value in (("name", self.name), ("arguments", self.arguments))
+            if value is not None
+        }
+
+
+class ToolCallDelta(BaseModel):
+    """OpenAI's streamed call: `index` always, `id` and `type` in the call's first delta only."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+    @model_serializer
+    def _drop_unset(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            body["id"] = self.id
+            body["type"] = "function"
+        body["function"] = self.function.model_dump()
+        return body
+
+
 class ChatDelta(BaseModel):
     """What a chunk adds to a choice's message; fields left out are not sent."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionCallDelta | None = None  # legacy `functions` requests
 
     @model_serializer
     def _drop_unset(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             key: value for key, value in (("role", self.role), ("content", self.content)) if value is not None
         }
+        if self.tool_calls is not None:
+            body["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.function_call is not None:
+            body["function_call"] = self.function_call.model_dump()
+        return body
 
 
 class ChatChunkChoice(BaseModel):

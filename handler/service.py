@@ -35,6 +35,7 @@ from handler.protocol import (
     check_json_values,
 )
 from handler.replies import ErrorResponse, ModelCard, ModelList
+from handler.tool_grammar import tool_spec
 
 if TYPE_CHECKING:
     from backends.params import SamplingParams
@@ -73,6 +74,7 @@ class OpenAIService:
             chat_template=PromptBuilder.read_template(settings.chat_template),
         )
         self.interval = settings.completion_max_interval / 1000.0
+        self.tool_max_schema_size = settings.tool_max_schema_size
         self._unknown_fields: set[str] = set()
 
     def models(self) -> ModelList:
@@ -95,6 +97,7 @@ class OpenAIService:
         self.bounds.check_completion(body)
         request = self._parse(CompletionRequest, body)
         params = request.sampling_params(self.limits)
+        await self._compile_grammar(params, request.grammar_param)
         prompts = self.prompts.completion_prompts(request.prompt)
         job = self._job("cmpl", request, prompts, params)
         generation = self._submit(job)
@@ -107,12 +110,18 @@ class OpenAIService:
         self.bounds.check_chat(body)
         request = self._parse(ChatCompletionRequest, body)
         params = request.sampling_params(self.limits)
-        prompt = self.prompts.chat_prompt(request.messages)
+        await self._compile_grammar(params, request.grammar_param)
+        tools = request.tool_plan(self.tool_max_schema_size)
+        if tools is not None and tools.calls_allowed:
+            params.grammar = tool_spec(tools, params.grammar, request.grammar_param)
+            await self._compile_grammar(params, "tools")
+        offered = tools.definitions() if tools is not None and tools.calls_allowed else None
+        prompt = self.prompts.chat_prompt(request.messages, offered)
         job = self._job("chatcmpl", request, [prompt], params)
         generation = self._submit(job)
         if request.streaming:
-            return _guarded(ChatStream(job).chunks(generation), generation, self._logged(job))
-        return self._log_reply(job, chat_body(job, await _collected(generation, 1)))
+            return _guarded(ChatStream(job, tools).chunks(generation), generation, self._logged(job))
+        return self._log_reply(job, chat_body(job, await _collected(generation, 1), tools))
 
     def _parse(self, model: type[RequestT], body: Any) -> RequestT:
         if not isinstance(body, dict):
@@ -127,6 +136,18 @@ class OpenAIService:
                 self._unknown_fields.add(name)
                 log.warning("ignoring unknown request field %r (logged once)", name[:64])
         return request
+
+    async def _compile_grammar(self, params: SamplingParams, param: str | None) -> None:
+        """Compile the output constraint before admission (off the event loop, cached): a bad one is a 400."""
+        if params.grammar is None:
+            return
+        grammars = getattr(self.model.engine, "grammars", None)
+        if grammars is None:
+            raise APIError("structured outputs are not supported by this engine", param=param)
+        try:
+            await grammars.compile_async(params.grammar, param)
+        except ENGINE_ERRORS as exc:
+            raise from_engine_error(exc) from None
 
     def _job(self, kind: str, request: SamplingRequest, prompts: list[Prompt], params: SamplingParams) -> Job:
         return Job(

@@ -22,6 +22,7 @@ from backends.errors import (
     InvalidRequestError,
     QueueFullError,
 )
+from backends.grammar import GrammarCompiler
 from backends.outputs import ChoiceDelta, RequestOutput, TokenLogprob, TopLogprob
 from backends.params import SamplingParams
 from tests import tiny_tokenizers
@@ -159,6 +160,8 @@ class FakeEngine:
         self.step_delay = step_delay
         self.eos_after = eos_after
         self.script: list[int] = list(tokenizer(SCRIPT, add_special_tokens=False).input_ids)
+        # Compiles (and so validates) constraints as the real engine does; the script ignores them.
+        self.grammars = GrammarCompiler(tokenizer, info.eos_token_ids)
         self.active: dict[str, FakeStream] = {}
         self.submitted: list[tuple[list[int], SamplingParams]] = []
         self.aborted: list[str] = []

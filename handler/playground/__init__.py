@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 # __pycache__) is served, and the content types do not depend on the host's mimetypes table.
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
+    "format.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 

@@ -476,7 +476,7 @@ async function sendChat(text) {
 
   const messages = [...state.history];
   if (state.settings.system.trim()) messages.unshift({ role: "system", content: state.settings.system });
-  const body = { ...samplingFields(), messages };
+  const body = { ...samplingFields(), messages, ...(window.ladleResponseFormat?.() ?? {}) };
   if (state.settings.logprobs) Object.assign(body, { logprobs: true, top_logprobs: topLogprobs() });
 
   const ok = await generate("/v1/chat/completions", body, answer, chatChoice);

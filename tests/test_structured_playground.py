@@ -1,0 +1,80 @@
+"""The playground's response-format choice: served, wired into chat requests, and (with Chromium) used."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from handler import playground
+from handler.config import Settings
+from handler.served import load_served_model
+from tests.conftest_http import LiveServer, live_server
+from tests.test_playground import CHROMIUM, CHROMIUM_ARGS, Page, expect, last_answer, wait_done
+from tests.tiny_models import tiny_model_dir
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
+
+
+def test_format_script_is_served_and_loaded_before_app() -> None:
+    with TestClient(Starlette(routes=playground.routes())) as client:
+        response = client.get("/playground/format.js")
+    assert response.status_code == 200 and "ladleResponseFormat" in response.text
+    page = (playground.HERE / "index.html").read_text()
+    assert page.index("/playground/format.js") < page.index("/playground/app.js")
+    assert "window.ladleResponseFormat" in (playground.HERE / "app.js").read_text()
+    for name in playground.ASSETS:
+        assert len((playground.HERE / name).read_text().splitlines()) < 800, name
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: the set-up installs Debian's (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    with sync_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        sync_api.expect.set_options(timeout=15_000)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(browser: Any) -> Iterator[LiveServer]:
+    settings = Settings(model=str(tiny_model_dir("llama")), served_model_name="tiny")
+    with live_server(settings, loader=load_served_model) as live:
+        yield live
+
+
+def test_json_schema_answer_streams_valid_json(browser: Any, server: LiveServer) -> None:
+    tab = Page(browser, server.url)
+    try:
+        page = tab.open()
+        schema_box = page.get_by_label("JSON schema", exact=True)
+        expect(schema_box).to_be_hidden()
+        page.get_by_label("Response format").select_option("json_schema")
+        expect(schema_box).to_be_visible()
+        schema_box.fill("{not json")
+        expect(schema_box).to_have_attribute("aria-invalid", "true")
+        schema_box.fill(json.dumps(SCHEMA))
+        expect(schema_box).not_to_have_attribute("aria-invalid", "true")
+        box = page.get_by_label("Message", exact=True)
+        box.fill("Are you ok?")
+        box.press("Enter")
+        answer = last_answer(page)
+        wait_done(answer)
+        text = answer.locator(".content").text_content() or ""
+        assert json.loads(text) in ({"ok": True}, {"ok": False})
+        assert not tab.errors and not tab.foreign
+    finally:
+        tab.context.close()
