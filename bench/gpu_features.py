@@ -23,6 +23,10 @@ CHOICES = ["w10", "w11 w12"]  # words of bench.shapes' word tokenizer: one and t
 SHARED_PROMPT_WORDS = 160  # several cache blocks at any usual block size, inside 256 columns
 
 
+class Unavailable(Exception):
+    """The server has the feature but cannot offer it for this model (it said why)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     value: float | None  # None: not run
@@ -46,6 +50,9 @@ class Probe:
             return Outcome(None, f"not available in this build: {why}")
         try:
             value, seen = self.check(client)
+        except Unavailable as exc:
+            print(f"[gpu_check] {self.title}: not available for this model ({exc})", flush=True)
+            return Outcome(None, f"not available for this model: {exc}")
         except (RuntimeError, OSError, KeyError, IndexError, TypeError, ValueError) as exc:
             value, seen = 0.0, f"{type(exc).__name__}: {exc}"
         print(f"[gpu_check] {self.title}: {'ok' if value >= 1 else 'FAILED'}: {seen}", flush=True)
@@ -80,7 +87,14 @@ def constrained_request(client: Client) -> tuple[float, str]:
     """A completion constrained to a choice of strings (vLLM's `structured_outputs`)."""
     body: dict[str, Any] = {"model": client.model, "prompt": "w5 w6 w7", "max_tokens": 8}
     body.update(temperature=0.0, structured_outputs={"choice": CHOICES})
-    text = client.json("POST", "/v1/completions", body)["choices"][0]["text"]
+    try:
+        text = client.json("POST", "/v1/completions", body)["choices"][0]["text"]
+    except RuntimeError as exc:
+        # The check's word-level tokenizer has no byte tokens, which llguidance needs: the server
+        # refuses with a 400 saying so (a real model's byte-level vocabulary has them).
+        if "not available for this tokenizer" in str(exc):
+            raise Unavailable(str(exc)) from exc
+        raise
     return (1.0 if text in CHOICES else 0.0), f"text {text!r}, allowed {CHOICES}"
 
 

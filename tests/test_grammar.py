@@ -199,3 +199,16 @@ def test_sampler_masks_before_logprobs(compiler: GrammarCompiler) -> None:
     assert {t for t, _ in result.top_logprobs[0]} == allowed  # masked tokens are not listed
     total = sum(torch.tensor([lp for _, lp in result.top_logprobs[0]]).exp().tolist())
     assert len(allowed) < 5 and total == pytest.approx(1.0, abs=1e-4)  # all the mass is on allowed tokens
+
+
+def test_a_vocabulary_without_byte_tokens_is_refused_with_a_400_not_an_empty_answer() -> None:
+    """A word-level tokenizer builds, but llguidance cannot compute its masks (they would allow
+    only EOS): every constrained request is a 400 naming its field, and says why."""
+    from bench.shapes import word_tokenizer
+
+    compiler = GrammarCompiler(word_tokenizer(300), [2])
+    with pytest.raises(InvalidRequestError) as caught:
+        compiler.compile(GrammarSpec("choice", '["w10", "w11"]'), param="structured_outputs")
+    assert caught.value.param == "structured_outputs"
+    assert "not available for this tokenizer" in str(caught.value)
+    assert compiler.prepare() is False

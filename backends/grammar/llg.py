@@ -59,6 +59,20 @@ class GrammarTokenizer:
         self.vocab_size = int(self.ll.vocab_size)
         self.words = (self.vocab_size + 31) // 32  # int32 words of one row's bitmask
         self._executor: llguidance.LLExecutor | None = None
+        self._check_masks()
+
+    def _check_masks(self) -> None:
+        # A vocabulary without byte tokens (a word-level tokenizer) builds, but every mask then
+        # fails ("NoExtensionBias") and would allow only EOS: refuse it once, here, so that each
+        # request gets a 400 instead of an empty "complete" answer.
+        probe = llguidance.LLMatcher(self.ll, llguidance.LLMatcher.grammar_from_regex("[a-z]+"), log_level=0)
+        bitmask = torch.zeros(1, self.words, dtype=torch.int32)  # [1, W]
+        probe.unsafe_compute_mask_ptr(bitmask.data_ptr(), self.words * 4)
+        if probe.is_error():
+            raise GrammarCompileError(
+                f"structured outputs are not available for this tokenizer: its vocabulary cannot"
+                f" spell every byte ({probe.get_error().strip().splitlines()[0]})"
+            )
 
     def fill_bitmasks(self, matchers: Sequence[GrammarMatcher]) -> torch.Tensor:
         """The allowed tokens of each matcher, [M, words] int32 on the CPU (bit j of word w: id 32w+j).
