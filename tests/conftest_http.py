@@ -10,12 +10,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import openai
 import uvicorn
 
 from handler.app import create_app
 from handler.config import Settings
+from handler.served import load_served_model
 from handler.state import ServerState
 from tests.fake_engine import fake_loader
+from tests.tiny_models import tiny_model_dir
 
 API_KEY_HEADER = "Authorization"
 
@@ -90,6 +93,19 @@ def live_server(
     app = create_app(settings or Settings(), loader=loader or fake_loader())
     with LiveServer(app).running(healthy) as server:
         yield server
+
+
+@contextlib.contextmanager
+def tiny_llama_server() -> Iterator[LiveServer]:
+    """The tiny random Llama through the real loader and engine, served as "tiny"."""
+    settings = Settings(model=str(tiny_model_dir("llama")), served_model_name="tiny")
+    with live_server(settings, loader=load_served_model) as server:
+        yield server
+
+
+def openai_client(server: LiveServer) -> openai.OpenAI:
+    """The official client pointed at `server`, with no retries to hide a failure."""
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
 
 
 def sse_events(raw: str) -> list[str]:

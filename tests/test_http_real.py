@@ -17,7 +17,7 @@ import pytest
 from handler.config import Settings
 from handler.served import load_served_model
 from loadtest.matrix import free_port
-from tests.conftest_http import LiveServer, live_server, wait_until
+from tests.conftest_http import LiveServer, live_server, openai_client, tiny_llama_server, wait_until
 from tests.tiny_models import tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,14 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    settings = Settings(model=str(tiny_model_dir("llama")), served_model_name="tiny")
-    with live_server(settings, loader=load_served_model) as live:
+    with tiny_llama_server() as live:
         yield live
 
 
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 def test_models(client: openai.OpenAI) -> None:

@@ -14,8 +14,7 @@ from pydantic import BaseModel, Field
 
 from handler.config import Settings
 from handler.served import load_served_model
-from tests.conftest_http import LiveServer, live_server
-from tests.tiny_models import tiny_model_dir
+from tests.conftest_http import LiveServer, live_server, openai_client, tiny_llama_server
 
 MESSAGES: Any = [{"role": "user", "content": "Describe a person."}]
 
@@ -54,14 +53,13 @@ class Person(BaseModel):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    settings = Settings(model=str(tiny_model_dir("llama")), served_model_name="tiny")
-    with live_server(settings, loader=load_served_model) as live:
+    with tiny_llama_server() as live:
         yield live
 
 
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 def _schema_format(schema: dict[str, Any], strict: bool = True) -> Any:
