@@ -86,35 +86,48 @@ async def send_with_keepalive(
 ) -> None:
     """Emit every frame, and a KEEPALIVE comment whenever none came for `interval` seconds (0: never).
 
-    The next frame is awaited in its own task, which a timeout leaves running (cancelling it would
-    lose a frame that arrives at that moment); it is cancelled only when the stream ends early.
+    One heartbeat task per stream sleeps until the silence would reach `interval`; frames are
+    awaited directly, so a token costs no task and no timer (a task and a timed wait per frame
+    cost 16 streams about 5% of their throughput here). A failed comment ends the stream with
+    its error, as a failed frame does.
     """
     if interval <= 0:
         async for frame in frames:
             await emit(frame)
         return
-    upcoming: asyncio.Future[bytes] | None = None
-    try:
+    loop = asyncio.get_running_loop()
+    lock = asyncio.Lock()  # one send at a time: a comment never splits a frame
+    last = loop.time()
+
+    async def heartbeat() -> None:
+        nonlocal last
         while True:
-            if upcoming is None:
-                upcoming = asyncio.ensure_future(anext(frames))
-            done, _ = await asyncio.wait({upcoming}, timeout=interval)
-            if not done:
-                await emit(KEEPALIVE)
-                continue
-            finished, upcoming = upcoming, None
-            try:
-                frame = finished.result()
-            except StopAsyncIteration:
-                return
-            await emit(frame)
+            await asyncio.sleep(last + interval - loop.time())
+            if loop.time() - last >= interval:
+                async with lock:
+                    await emit(KEEPALIVE)
+                last = loop.time()
+
+    stream = asyncio.current_task()
+    beat = asyncio.ensure_future(heartbeat())
+    beat.add_done_callback(lambda task: stream.cancel() if _failed(task) and stream is not None else None)
+    try:
+        async for frame in frames:
+            async with lock:
+                await emit(frame)
+            last = loop.time()
+    except asyncio.CancelledError:
+        if _failed(beat):
+            raise beat.exception() from None  # type: ignore[misc]
+        raise
     finally:
-        if upcoming is not None:
-            upcoming.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait({upcoming})
-            if not upcoming.cancelled():
-                upcoming.exception()  # retrieved: the stream already ends with the error that ended it
+        beat.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({beat})
+
+
+def _failed(task: asyncio.Future[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
