@@ -98,6 +98,11 @@ def test_app_leaves_the_playground_out_with_no_playground(monkeypatch: pytest.Mo
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    yield from chromium()
+
+
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium under Playwright for a module's tests; skips where either is missing."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: the set-up installs Debian's (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")

@@ -190,23 +190,17 @@ def test_cached_tokens_reach_the_openai_client() -> None:
         again = client.completions.create(model="tiny", prompt=prompt, max_tokens=2)
         assert again.usage is not None and again.usage.prompt_tokens_details is not None
         assert again.usage.prompt_tokens_details.cached_tokens == 3 * B
-        chunks = list(
-            client.chat.completions.create(
-                model="tiny",
-                messages=[{"role": "user", "content": "hello there " * 30}],
-                max_tokens=2,
-                stream=True,
-                stream_options={"include_usage": True},
+        chunks, repeat = (
+            list(
+                client.chat.completions.create(
+                    model="tiny",
+                    messages=[{"role": "user", "content": "hello there " * 30}],
+                    max_tokens=2,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
             )
-        )
-        repeat = list(
-            client.chat.completions.create(
-                model="tiny",
-                messages=[{"role": "user", "content": "hello there " * 30}],
-                max_tokens=2,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+            for _ in range(2)
         )
         usage, repeated = chunks[-1].usage, repeat[-1].usage
         assert usage is not None and repeated is not None and repeated.prompt_tokens_details is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from handler import playground
 from handler.config import Settings
 from handler.served import load_served_model
 from tests.conftest_http import LiveServer, live_server
-from tests.test_playground import CHROMIUM, CHROMIUM_ARGS, Page, expect, last_answer, wait_done
+from tests.test_playground import Page, chromium, expect, last_answer, wait_done
 from tests.tiny_models import tiny_model_dir
 
 SCHEMA = {
@@ -39,14 +38,7 @@ def test_format_script_is_served_and_loaded_before_app() -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}: the set-up installs Debian's (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-    with sync_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        sync_api.expect.set_options(timeout=15_000)
-        yield browser
-        browser.close()
+    yield from chromium()
 
 
 @pytest.fixture(scope="module")
