@@ -36,6 +36,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 API_KEY = "pg-secret"
+# Tokens asked of the stopped answers: the tiny Llama's 1024-token context less a fresh prompt.
+LONG_ANSWER = 990
 
 
 # -- the routes, without a browser ------------------------------------------------------------
@@ -287,7 +289,9 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
     tab = Page(browser, server.url, viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     page = tab.open()
     open_params(page)
-    set_params(page, max_tokens="800")
+    # Nearly the whole 1024-token context: a prompt that carried a stopped answer would not fit,
+    # so each long request must start a fresh conversation (see the Clear below).
+    set_params(page, max_tokens=str(LONG_ANSWER))
     page.get_by_label("Ignore end of text", exact=False).check()
     close_params(page)
     box = page.get_by_label("Message", exact=True)
@@ -296,18 +300,11 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
         box.fill("Tell me a long story")
         box.press("Enter")
         answer = last_answer(page)
-        # A generous bound for a busy machine: the first tokens of an 800-token run, not a speed.
-        try:
-            expect(stat(answer, "tokens")).to_have_text(re.compile(r"^([5-9]|\d\d+)$"), timeout=90_000)
-        except AssertionError:
-            # Seen in about one full run in five, never when this file runs alone: the answer shows
-            # no token for 90 s. Open defect: the state below says where the request was.
-            core = getattr(engine, "core", None)
-            prefilling = len(core.prefiller.jobs) if core is not None else "?"
-            pytest.xfail(
-                f"no tokens in 90 s ({stop_with}): running {engine.num_running}, queued {engine.num_queued},"
-                f" prefilling {prefilling}, steps {engine.steps - steps_before}"
-            )
+        # A generous bound for a busy machine: the first tokens of a long run, not a speed.
+        first_tokens = stat(answer, "tokens").filter(has_text=re.compile(r"^([5-9]|\d\d+)$"))
+        expect(first_tokens.or_(answer.locator(".error"))).to_be_visible(timeout=90_000)
+        failed = answer.locator(".error").all_text_contents()
+        assert not failed, f"the {stop_with} run was refused: {failed}"
         expect(answer).to_have_attribute("aria-busy", "true")  # still streaming
         assert engine.num_running == 1
         if stop_with == "button":
@@ -319,10 +316,14 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
         wait_until(
             lambda: engine.num_running + engine.num_queued == 0, 10, "the stopped request kept running"
         )
-        # Fewer steps than the 800 tokens asked for: the stop, not the length, ended it.
-        assert engine.steps - steps_before < 800
+        # Fewer steps than the tokens asked for: the stop, not the length, ended it.
+        assert engine.steps - steps_before < LONG_ANSWER
         expect(page.get_by_role("button", name="Stop")).to_be_hidden()
-    tab.screenshot("phone-chat-stopped")
+        tab.screenshot("phone-chat-stopped")
+        # How far a stopped answer got depends on the machine's load (hundreds of tokens on a busy
+        # one): the next prompt must not carry it.
+        page.get_by_role("button", name="Clear conversation").click()
+        expect(page.locator("article.message")).to_have_count(0)
 
     # With one sequence allowed, this is served only because the stopped ones left.
     open_params(page)
@@ -334,7 +335,7 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
     box.press("Enter")
     wait_done(last_answer(page))
     expect(stat(last_answer(page), "finish")).to_have_text(re.compile("^(length|stop)$"))
-    # Counted in steps, not seconds: a leftover 800-token run would have taken hundreds of them.
+    # Counted in steps, not seconds: a leftover long run would have taken hundreds of them.
     assert engine.steps - steps_before < 100
     assert tab.errors == []
     tab.context.close()
