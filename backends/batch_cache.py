@@ -175,7 +175,10 @@ class StagedCache:
 
         self.cache = DynamicCache()
         for i, (keys, values) in enumerate(prefix):  # [H, P, D] each
-            self.cache.update(keys[None], values[None], i)
+            # Created empty, then handed the prefix: update() would copy it once more.
+            self.cache.update(keys[None, :, :0], values[None, :, :0], i)
+            layer = cache_layers(self.cache)[i]
+            layer.keys, layer.values = keys[None], values[None]
         self.length = int(prefix[0][0].shape[1]) if prefix else 0
 
     def kv(self, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -28,7 +28,7 @@ import torch
 from backends.base import Backend, StagedBackend
 from backends.detokenizer import token_bytes, token_text
 from backends.outputs import TokenLogprob, TopLogprob
-from backends.prefix_cache import BLOCK_TOKENS, PrefixCache, concat_blocks
+from backends.prefix_cache import PrefixCache
 from backends.sequence import Request, Sequence
 
 log = logging.getLogger("ladle.engine")
@@ -140,11 +140,11 @@ class Prefiller:
         """Open a staging cache over the cached prefix, if there is one to use."""
         if self.cache is None or job.echo:
             return
-        blocks = self.cache.match(job.request.prompt_ids)
-        if blocks:
+        hit = self.cache.match(job.request.prompt_ids)
+        if hit.tokens:
             staged: Any = self.backend
-            staged.begin(job.parent.seq, concat_blocks(blocks))
-            job.staged, job.done = True, len(blocks) * BLOCK_TOKENS
+            staged.begin(job.parent.seq, hit.kv())
+            job.staged, job.done = True, hit.tokens
             job.request.cached_tokens = job.done
 
     def _chunk(self, job: PrefillJob, budget: int | None, result: PrefillResult) -> int:

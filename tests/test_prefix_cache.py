@@ -30,13 +30,28 @@ def _fake_kv(start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def test_blocks_chain_on_every_token_before_them() -> None:
     cache = PrefixCache(capacity_tokens=8 * B)
     prompt = list(range(3 * B + 5))
-    assert cache.insert(prompt, len(prompt), _fake_kv) == 3
-    assert len(cache.match(prompt)) == 3
+    assert cache.insert(prompt, len(prompt), _fake_kv) == 4  # three full blocks and the partial last one
+    assert cache.match(prompt).tokens == 3 * B + 4  # a hit leaves at least one token to compute
     other_first_block = [999, *prompt[1:]]  # blocks 2 and 3 equal, but their prefix differs
-    assert cache.match(other_first_block) == []
-    assert len(cache.match(prompt[: 2 * B + 1])) == 2  # a hit leaves at least one token to compute
-    assert len(cache.match(prompt[: 2 * B])) == 1
+    assert cache.match(other_first_block).tokens == 0
+    assert cache.match(prompt[: 2 * B + 1]).tokens == 2 * B
+    assert cache.match(prompt[: 2 * B]).tokens == 2 * B - 1  # the leading tokens of the next block
     assert cache.insert(prompt, len(prompt), _fake_kv) == 0  # nothing new: nothing exported
+
+
+def test_a_prompt_reuses_the_tokens_it_shares_with_a_block_where_the_chain_stops() -> None:
+    cache = PrefixCache(capacity_tokens=8 * B)
+    turn = list(range(2 * B + 20))  # a finished turn: two full blocks and a partial one of 20 tokens
+    cache.insert(turn, len(turn), _fake_kv)
+    follow_up = [*turn, 7000, 7001]  # the next turn resends it and adds its own tokens
+    hit = cache.match(follow_up)
+    assert hit.tokens == 2 * B + 20 and hit.partial is not None
+    assert [k.flatten().tolist() for k, _ in hit.kv()] == [list(map(float, range(2 * B + 20)))]
+    diverging = turn[: B + 10] + [9000] * B  # leaves the second block after 10 of its tokens
+    hit = cache.match(diverging)
+    assert hit.tokens == B + 10 and len(hit.blocks) == 1
+    assert [v.flatten().tolist() for _, v in hit.kv()] == [[-float(i) for i in range(B + 10)]]
+    assert cache.stats.pool_tokens == 2 * B + 20
 
 
 def test_pool_never_grows_past_its_bound_and_evicts_leaves_first() -> None:
@@ -46,6 +61,8 @@ def test_pool_never_grows_past_its_bound_and_evicts_leaves_first() -> None:
         prompt = [rng.randrange(1000) for _ in range(rng.randrange(1, 6 * B))]
         cache.insert(prompt, len(prompt), _fake_kv)
         assert len(cache.blocks) <= 10 and cache.stats.pool_tokens <= 10 * B
+        assert cache.stats.pool_tokens == sum(len(b.tokens) for b in cache.blocks.values())
+        assert sorted(k for kids in cache.children.values() for k in kids) == sorted(cache.blocks)
         assert cache.stats.pool_bytes == sum(b.nbytes() for b in cache.blocks.values())
     assert cache.stats.evicted_blocks > 0
     shared = list(range(4 * B + 1))
@@ -53,7 +70,7 @@ def test_pool_never_grows_past_its_bound_and_evicts_leaves_first() -> None:
     for i in range(6):  # six one-block prompts push out older blocks, never the chain just used
         cache.match(shared)
         cache.insert([5000 + i] * B, B, _fake_kv)
-    assert len(cache.match(shared)) == 4
+    assert cache.match(shared).tokens == 4 * B
     with pytest.raises(ValueError):
         PrefixCache(capacity_tokens=B - 1)
 
@@ -80,7 +97,7 @@ def _run(
 
 
 def _prompts(vocab: int, seed: int) -> list[list[int]]:
-    """Prompts sharing 0, 1, many blocks and all of their blocks with those before them."""
+    """Prompts sharing 0, 1, many blocks, all of their blocks, or part of a block with those before them."""
     rng = random.Random(seed)
     base = [rng.randrange(5, vocab) for _ in range(5 * B + 7)]
     return [
@@ -89,7 +106,8 @@ def _prompts(vocab: int, seed: int) -> list[list[int]]:
         base[:B] + [rng.randrange(5, vocab) for _ in range(20)],  # one block
         base[: 4 * B] + [rng.randrange(5, vocab) for _ in range(9)],  # many blocks
         base[: 5 * B + 1],  # the whole prompt but the one token that must be computed
-        base,  # the same prompt again: every full block
+        base,  # the same prompt again: every full block and the partial last one
+        base[: 3 * B + 10] + [rng.randrange(5, vocab) for _ in range(12)],  # leaves a block midway
     ]
 
 
@@ -100,7 +118,7 @@ def _compare(backend_on: Any, backend_off: Any, vocab: int, seed: int, cache_tok
     core = EngineCore(backend_on, 8, prefix_cache_tokens=cache_tokens, prefill_chunk_tokens=24)
     on = _run(core, prompts, params, stagger=True)
     stats = core.prefix_cache
-    assert stats is not None and stats.hit_tokens >= (1 + 4 + 5 + 5) * B  # the hits really happened
+    assert stats is not None and stats.hit_tokens >= (1 + 4 + 5 + 5 + 3) * B + 10  # the hits really happened
     for (tokens_on, lp_on), (tokens_off, lp_off) in zip(on, off, strict=True):
         assert tokens_on == tokens_off
         assert max(abs(a - b) for a, b in zip(lp_on, lp_off, strict=True)) < 1e-4
@@ -152,7 +170,8 @@ def test_a_finished_turn_leaves_its_output_behind_and_n_shares_the_hit() -> None
     while core.has_work():
         outputs += core.step().outputs
     cached = {o.cached_tokens for o in outputs}
-    assert cached == {(len(first) + len(answer) - 1) // B * B}  # output blocks hit too
+    # Every position the turn computed hits, its output and its partial last block included.
+    assert cached == {len(first) + len(answer) - 1}
     assert {c.index for o in outputs for c in o.choices} == {0, 1, 2}
 
 
@@ -189,7 +208,8 @@ def test_cached_tokens_reach_the_openai_client() -> None:
         assert first.usage.prompt_tokens_details.cached_tokens == 0
         again = client.completions.create(model="tiny", prompt=prompt, max_tokens=2)
         assert again.usage is not None and again.usage.prompt_tokens_details is not None
-        assert again.usage.prompt_tokens_details.cached_tokens == 3 * B
+        # All but the last token, whose logits start the answer (its partial last block included).
+        assert again.usage.prompt_tokens_details.cached_tokens == len(prompt) - 1
         chunks, repeat = (
             list(
                 client.chat.completions.create(
@@ -204,7 +224,7 @@ def test_cached_tokens_reach_the_openai_client() -> None:
         )
         usage, repeated = chunks[-1].usage, repeat[-1].usage
         assert usage is not None and repeated is not None and repeated.prompt_tokens_details is not None
-        assert repeated.prompt_tokens_details.cached_tokens == (usage.prompt_tokens - 1) // B * B > 0
+        assert repeated.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1 > 0
         metrics = server.url + "/metrics"
         import httpx
 
