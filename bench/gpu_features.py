@@ -70,7 +70,7 @@ def _field_missing(module: str, cls: str, name: str) -> str | None:
 
 
 def grammar_missing() -> str | None:
-    return _field_missing("backends.params", "SamplingParams", "grammar")
+    return _field_missing("backends.engine.params", "SamplingParams", "grammar")
 
 
 def prefix_cache_missing() -> str | None:

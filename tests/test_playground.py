@@ -15,9 +15,9 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from handler import playground
-from handler.app import create_app
+from handler.asgi.app import create_app
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.fake_engine import fake_loader
 from tests.tiny_models import tiny_model_dir

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from handler import playground
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server
 from tests.test_playground import Page, chromium, expect, last_answer, wait_done
 from tests.tiny_models import tiny_model_dir
