@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bench.gpu_http import Client
+    from bench.gpu_client import Client
 
 CHOICES = ["w10", "w11 w12"]  # words of bench.shapes' word tokenizer: one and two tokens
 SHARED_PROMPT_WORDS = 160  # several cache blocks at any usual block size, inside 256 columns
