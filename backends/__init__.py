@@ -1,7 +1,7 @@
 """Everything below HTTP: model loading, the engine, the sampler and the backends.
 
 `from backends import load_model` is the library entry point; the names are imported
-lazily so that `import backends.base` stays light.
+lazily so that `import backends.engine.contract` stays light.
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from backends.async_engine import AsyncEngine, RequestStream
+    from backends.engine.async_engine import AsyncEngine, RequestStream
+    from backends.engine.params import SamplingParams
     from backends.library import Model, load_backend, load_model
-    from backends.params import SamplingParams
 
 _EXPORTS = {
-    "AsyncEngine": "backends.async_engine",
-    "RequestStream": "backends.async_engine",
+    "AsyncEngine": "backends.engine.async_engine",
+    "RequestStream": "backends.engine.async_engine",
     "Model": "backends.library",
     "load_backend": "backends.library",
     "load_model": "backends.library",
-    "SamplingParams": "backends.params",
+    "SamplingParams": "backends.engine.params",
 }
 
 __all__ = [

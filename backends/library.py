@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from backends import loading
-from backends.async_engine import AsyncEngine
-from backends.base import Backend, ModelInfo
-from backends.engine import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE_TOKENS, EngineCore
+from backends.engine.async_engine import AsyncEngine
+from backends.engine.contract import Backend, ModelInfo
+from backends.engine.core import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE_TOKENS, EngineCore
+from backends.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob
+from backends.engine.params import SamplingParams
 from backends.grammar import from_response_format, from_structured_outputs
-from backends.outputs import ChoiceDelta, RequestOutput, TokenLogprob
-from backends.params import SamplingParams
+from backends.runner import loading
 
 log = logging.getLogger("ladle")
 

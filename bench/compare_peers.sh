@@ -18,7 +18,7 @@ PORT_PEER=${PORT_PEER:-8302}
 LEVELS=${LEVELS:-1,16}
 REQUESTS=${REQUESTS:-8,32}
 mkdir -p "$OUT"
-MODEL_DIR=$(.venv/bin/python -c "from backends.loading import resolve; print(resolve(None).path)")
+MODEL_DIR=$(.venv/bin/python -c "from backends.runner.loading import resolve; print(resolve(None).path)")
 echo "model directory: $MODEL_DIR"
 
 wait_up() {  # url

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from backends.engine import EngineCore
+from backends.engine.core import EngineCore
 from bench.harness import BACKENDS, BackendUnavailable, free_memory, load_subject, weight_bytes
 from bench.report import BenchReport, machine_description
 from bench.shapes import build_checkpoint

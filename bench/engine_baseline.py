@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from backends.engine.params import SamplingParams
 from backends.library import load_model
-from backends.params import SamplingParams
 
 PROMPTS = [
     "What is the capital of France?",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bench.gpu_http import Client
+    from bench.gpu_client import Client
 
 CHOICES = ["w10", "w11 w12"]  # words of bench.shapes' word tokenizer: one and two tokens
 SHARED_PROMPT_WORDS = 160  # several cache blocks at any usual block size, inside 256 columns
@@ -70,7 +70,7 @@ def _field_missing(module: str, cls: str, name: str) -> str | None:
 
 
 def grammar_missing() -> str | None:
-    return _field_missing("backends.params", "SamplingParams", "grammar")
+    return _field_missing("backends.engine.params", "SamplingParams", "grammar")
 
 
 def prefix_cache_missing() -> str | None:

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from backends.base import Seq
-from backends.engine import EngineCore
-from backends.params import SamplingParams
+from backends.engine.contract import Seq
+from backends.engine.core import EngineCore
+from backends.engine.params import SamplingParams
 
 BACKENDS = ("hf_eager", "hf_bettertransformer", "hf_int8")
 

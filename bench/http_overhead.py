@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
+from backends.engine.params import SamplingParams
 from backends.library import load_model
-from backends.params import SamplingParams
 from loadtest.matrix import free_port, healthy
 
 # A prompt whose first greedy token is text: with one whose first token is special (EOS under

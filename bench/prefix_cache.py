@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
+from backends.engine.params import SamplingParams
 from backends.library import load_model
-from backends.params import SamplingParams
 
 FILLER = (
     "You are a careful assistant for a hardware store. Answer questions about tools, paint, "

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
+from backends.engine.params import SamplingParams
 from backends.grammar import GrammarSpec
 from backends.grammar.mask import apply_grammar
 from backends.library import Model, load_model
-from backends.params import SamplingParams
 
 PROMPT = "List the items of an order as JSON."
 

@@ -84,6 +84,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = parse_settings(argv)
     except ConfigError as exc:
         sys.exit(f"ladle: {exc}")
-    from handler.server import serve
+    from handler.asgi.server import serve
 
     sys.exit(serve(settings))

@@ -7,15 +7,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from backends.async_engine import AsyncEngine, RequestStream
-    from backends.base import ModelInfo
-    from backends.outputs import RequestOutput
-    from backends.params import SamplingParams
-    from handler.served import ServedModel
+    from backends.engine.async_engine import AsyncEngine, RequestStream
+    from backends.engine.contract import ModelInfo
+    from backends.engine.outputs import RequestOutput
+    from backends.engine.params import SamplingParams
+    from handler.model import ServedModel
 
 # Probes and scrapes are not work: they never hold a drain open and never count as in flight.
 UNTRACKED_PATHS = frozenset({"/health", "/ping", "/livez", "/metrics"})
@@ -236,43 +234,3 @@ class MeteredStream:
     def _release(self) -> None:
         self.metrics.kv_tokens -= sum(self.held.values())
         self.held.clear()
-
-
-class MetricsMiddleware:
-    """Counts every request by route template and status, and tracks those in flight for the drain."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500  # unless a response starts: an exception escaped the app
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        route = self._route(scope)
-        tracked = scope["path"] not in UNTRACKED_PATHS
-        if tracked:
-            self.metrics.begin()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            if tracked:
-                self.metrics.end()
-            self.metrics.requests.labels(route, str(status)).inc()
-
-    def _route(self, scope: Scope) -> str:
-        """The matching route's template, so ids in paths never become label values."""
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                return str(getattr(route, "path", "other"))
-        return "other"

@@ -23,13 +23,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from handler.api.errors import APIError, NotFoundError, ServiceUnavailableError
+from handler.api.events import DONE, encode_event
+from handler.api.responses import ErrorResponse
+from handler.api.service import OpenAIService, Reply
 from handler.config import ConfigError, Settings, settings_from_env
-from handler.errors import APIError, NotFoundError, ServiceUnavailableError
-from handler.replies import ErrorResponse
-from handler.served import ServedModel, load_served_model
-from handler.service import OpenAIService, Reply
-from handler.sse import DONE, encode_event
-from handler.state import Loader, ServerState
+from handler.lifecycle import Loader, ServerState
+from handler.logs import configure_logging
+from handler.model import ServedModel, load_served_model
 
 log = logging.getLogger("ladle")
 
@@ -167,8 +168,6 @@ async def handle(job: Any) -> AsyncIterator[Any]:
 
 def main() -> int:
     """`python -m handler.serverless`: load the model, then take jobs from RunPod's queue."""
-    from handler.server import configure_logging
-
     try:
         settings = settings_from_env()
     except ConfigError as exc:

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from handler.replies import ChatCompletionChunk, Completion
+from handler.api.responses import ChatCompletionChunk, Completion
 from reliability.fuzz_bounds import oversized_requests, refusal_problem, send
 
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -52,10 +52,10 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
-# Gaps of the served document that handler/openapi.py has yet to close; each check comes back
+# Gaps of the served document that handler/api/openapi.py has yet to close; each check comes back
 # by itself once the document is fixed. Statuses it does not list, per operation:
 UNDOCUMENTED: set[tuple[str, int]] = set()
-# The comment a silent HTTP stream carries every SSE_KEEPALIVE seconds (handler/sse.py).
+# The comment a silent HTTP stream carries every SSE_KEEPALIVE seconds (handler/asgi/streaming.py).
 KEEPALIVE_EVENT = ": keep-alive"
 MAX_RETRIES = 8  # parameters dropped from one refused request before giving up on it
 

@@ -10,7 +10,7 @@ import httpx
 import torch
 
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.tiny_models import tiny_model_dir
 

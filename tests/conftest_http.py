@@ -13,10 +13,10 @@ import httpx
 import openai
 import uvicorn
 
-from handler.app import create_app
+from handler.asgi.app import create_app
 from handler.config import Settings
-from handler.served import load_served_model
-from handler.state import ServerState
+from handler.lifecycle import ServerState
+from handler.model import load_served_model
 from tests.fake_engine import fake_loader
 from tests.tiny_models import tiny_model_dir
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from backends.base import ModelInfo, Seq
+from backends.engine.contract import ModelInfo, Seq
 from tests import tiny_tokenizers
 
 

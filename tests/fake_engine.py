@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import ModelInfo
+from backends.engine.contract import ModelInfo
+from backends.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob, TopLogprob
+from backends.engine.params import SamplingParams
 from backends.errors import (
     ContextLengthError,
     EngineStoppedError,
@@ -23,8 +25,6 @@ from backends.errors import (
     QueueFullError,
 )
 from backends.grammar import GrammarCompiler
-from backends.outputs import ChoiceDelta, RequestOutput, TokenLogprob, TopLogprob
-from backends.params import SamplingParams
 from tests import tiny_tokenizers
 
 SCRIPT = "The quick brown fox jumps over the lazy dog. Hello world! How are you today? "

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from backends.engine import EngineCore
-from backends.params import SamplingParams
-from backends.prefill import prompt_logprobs
-from backends.sequence import Request
+from backends.engine.core import EngineCore
+from backends.engine.params import SamplingParams
+from backends.engine.prefill import prompt_logprobs
+from backends.engine.sequence import Request
 from tests.test_hf_bettertransformer import fast_backend
 from tests.tiny_models import tiny_backend
 

@@ -18,7 +18,7 @@ import pytest
 
 from backends.hf_int8 import bitsandbytes_problem
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server
 from tests.tiny_models import tiny_model_dir
 

@@ -9,7 +9,7 @@ import pytest
 
 from backends import cpus
 from backends.cpus import CpuCount, cgroup_quota, usable_cpus
-from handler.served import forward_threads
+from handler.model import forward_threads
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_the_server_logs_its_thread_count_and_where_it_came_from(
 ) -> None:
     import torch
 
-    from handler import served
+    from handler import model as served
     from handler.config import Settings
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from backends.engine.params import SamplingParams
 from backends.library import Model, load_model
-from backends.params import SamplingParams
 from tests.prompts import PROMPTS
 
 pytestmark = [

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from backends.detokenizer import MAX_HELD_TOKENS, IncrementalDetokenizer, token_bytes, token_text
+from backends.engine.detokenizer import MAX_HELD_TOKENS, IncrementalDetokenizer, token_bytes, token_text
 from tests.tiny_tokenizers import (
     ALL_BUILDERS,
     CORPUS,

@@ -12,12 +12,13 @@ import httpx
 import pytest
 import torch
 
-from backends import hf_bettertransformer, loading
-from backends.base import FastPaths
+from backends import hf_bettertransformer
+from backends.engine.contract import FastPaths
 from backends.errors import ModelLoadError
 from backends.hf_bettertransformer.backend import BetterTransformerBackend
+from backends.runner import loading
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from loadtest.matrix import free_port
 from tests.conftest_http import live_server
 from tests.tiny_models import build, tiny_backend, tiny_model_dir

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER = (
     "import sys, time\n"
     "from handler.config import settings_from_env\n"
-    "from handler.server import serve\n"
+    "from handler.asgi.server import serve\n"
     "from tests.fake_engine import fake_loader\n"
     "load = fake_loader(step_delay=0.05)\n"
     "def loader(settings):\n"

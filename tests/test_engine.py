@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import torch
 
-from backends.async_engine import AsyncEngine
-from backends.engine import EngineCore, StepResult
+from backends.engine.async_engine import AsyncEngine
+from backends.engine.core import EngineCore, StepResult
+from backends.engine.params import SamplingParams
 from backends.errors import ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
-from backends.params import SamplingParams
 from tests.fake_backend import FakeBackend, count_up
 
 

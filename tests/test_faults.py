@@ -19,10 +19,10 @@ import pytest
 import torch
 import uvicorn
 
-from handler.app import create_app
+from handler.asgi.app import create_app
+from handler.asgi.server import DrainingServer
 from handler.config import Settings
-from handler.served import load_served_model
-from handler.server import DrainingServer
+from handler.model import load_served_model
 from reliability.live import single_thread
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.tiny_models import tiny_model_dir
@@ -324,16 +324,16 @@ async def test_a_prompt_too_large_fails_alone_when_admitted_with_others(
 
 
 async def test_a_request_whose_setup_fails_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    import backends.scheduler
+    import backends.engine.scheduler
 
-    real = backends.scheduler.StopMatcher
+    real = backends.engine.scheduler.StopMatcher
 
     def stop_matcher(stop: list[str]) -> Any:
         if "BOOM" in stop:
             raise RuntimeError("injected: setting up the request failed")
         return real(stop)
 
-    monkeypatch.setattr(backends.scheduler, "StopMatcher", stop_matcher)
+    monkeypatch.setattr(backends.engine.scheduler, "StopMatcher", stop_matcher)
     # A server of its own: the request this test strands must not outlive it.
     with single_thread(), live_server(tiny_settings(), loader=load_served_model) as own:
         async with httpx.AsyncClient(base_url=own.url, timeout=120) as client:

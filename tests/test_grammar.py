@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import torch
 
+from backends.engine.params import SamplingParams
+from backends.engine.sampler import Sampler, make_generator
 from backends.errors import InvalidRequestError
 from backends.grammar import GrammarCompiler, GrammarSpec, from_response_format, from_structured_outputs
 from backends.grammar.llg import CompiledGrammar
 from backends.grammar.mask import apply_grammar, grammar_mask, unpack
-from backends.params import SamplingParams
-from backends.sampler import Sampler, make_generator
 from tests.tiny_models import tokenizer_for
 
 

@@ -11,11 +11,11 @@ import jsonschema
 import pytest
 
 from backends import load_model
-from backends.engine import EngineCore
+from backends.engine.core import EngineCore
+from backends.engine.params import SamplingParams
 from backends.grammar import GrammarSpec
 from backends.hf_int8 import bitsandbytes_problem
 from backends.library import Model
-from backends.params import SamplingParams
 from tests.tiny_models import tiny_model_dir
 
 SCHEMA = {

@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 import torch
 
-from backends import hf_bettertransformer, loading
-from backends.base import Seq
-from backends.engine import EngineCore
+from backends import hf_bettertransformer
+from backends.engine.contract import Seq
+from backends.engine.core import EngineCore
+from backends.engine.params import SamplingParams
 from backends.hf_bettertransformer import BetterTransformerBackend, SharedRunnerBackend
 from backends.hf_bettertransformer.attention import decode_sdpa
 from backends.hf_bettertransformer.decode_step import compiled_widths, resolve_compile
 from backends.hf_eager import HFEagerBackend
-from backends.params import SamplingParams
+from backends.runner import loading
 from tests.tiny_models import build, tiny_model_dir
 
 KINDS = ["llama", "gpt2", "bloom"]

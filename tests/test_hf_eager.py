@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from backends.base import Seq
-from backends.engine import EngineCore
-from backends.params import SamplingParams
+from backends.engine.contract import Seq
+from backends.engine.core import EngineCore
+from backends.engine.params import SamplingParams
 from tests.fake_backend import FakeBackend  # noqa: F401  (keeps the fake importable in this suite)
 from tests.tiny_models import tiny_backend
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from backends import loading
-from backends.base import Seq
-from backends.engine import EngineCore
+from backends.engine.contract import Seq
+from backends.engine.core import EngineCore
+from backends.engine.params import SamplingParams
 from backends.errors import ModelLoadError
 from backends.hf_int8 import (
     HFInt8Backend,
@@ -24,7 +24,7 @@ from backends.hf_int8 import (
     weight_ratio,
 )
 from backends.hf_int8.placement import quantized_modules
-from backends.params import SamplingParams
+from backends.runner import loading
 from tests.prompts import PROMPTS as SHARED_PROMPTS
 from tests.tiny_models import build, tiny_backend, tiny_model_dir
 

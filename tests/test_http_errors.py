@@ -212,7 +212,7 @@ def test_load_failure_is_reported() -> None:
     def broken_loader(settings: Settings) -> FakeModel:
         raise ModelLoadError("no such model: /nowhere")
 
-    from handler.app import create_app
+    from handler.asgi.app import create_app
 
     app = create_app(Settings(), loader=broken_loader, on_load_error=failures.append)
     with LiveServer(app).running(healthy=False) as live:

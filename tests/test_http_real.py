@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from loadtest.matrix import free_port
 from tests.conftest_http import LiveServer, live_server, openai_client, tiny_llama_server, wait_until
 from tests.tiny_models import tiny_model_dir

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from backends.engine.params import SamplingParams
 from backends.library import Model, load_model
-from backends.params import SamplingParams
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server
 from tests.tiny_models import tiny_model_dir
 

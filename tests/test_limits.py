@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from handler.app import create_app
+from handler.asgi.app import create_app
+from handler.asgi.limits import ClientLimitsMiddleware
 from handler.config import Settings
-from handler.limits import ClientLimitsMiddleware
 from tests.conftest_http import LiveServer, wait_until
 from tests.fake_engine import FakeModel, fake_loader
 
@@ -147,8 +147,8 @@ def test_null_max_tokens_shares_the_total(server: LiveServer) -> None:
     reason="waits for COMPLETION_MAX_TOTAL_TOKENS in handler/config.py",
 )
 def test_total_tokens_setting_reaches_the_service() -> None:
+    from handler.api.service import OpenAIService
     from handler.config import settings_from_env
-    from handler.service import OpenAIService
 
     settings = settings_from_env({"COMPLETION_MAX_TOTAL_TOKENS": "123"})
     model: Any = FakeModel()
@@ -259,7 +259,7 @@ def test_the_middleware_refuses_nonsense() -> None:
 
 @pytest.mark.skipif(
     "max_concurrent_requests" not in {f.name for f in dataclasses.fields(Settings)},
-    reason="waits for MAX_CONCURRENT_REQUESTS and CLIENT_TIMEOUT in handler/config.py and handler/app.py",
+    reason="waits for MAX_CONCURRENT_REQUESTS and CLIENT_TIMEOUT in handler/config.py and handler/asgi/app.py",
 )
 def test_the_settings_put_the_limits_in_front_of_the_app() -> None:
     from handler.config import settings_from_env
@@ -270,7 +270,7 @@ def test_the_settings_put_the_limits_in_front_of_the_app() -> None:
     assert len(limits) == 1 and limits[0].kwargs == {"max_concurrent": 7, "timeout": 9}
 
 
-# -- bounds on the sizes a request controls (handler/bounds.py) -------------------------------------
+# -- bounds on the sizes a request controls (handler/api/bounds.py) -------------------------------------
 
 BOUNDS = Settings(
     completion_max_prompt=500,
@@ -346,7 +346,7 @@ def test_the_json_depth_stays_bounded(bounded: LiveServer) -> None:
 
 
 def test_the_bounds_are_settings_with_documented_defaults() -> None:
-    from handler.bounds import RequestBounds
+    from handler.api.bounds import RequestBounds
     from handler.config import settings_from_env
 
     settings = settings_from_env(

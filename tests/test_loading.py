@@ -8,7 +8,7 @@ import pytest
 
 from backends.errors import ModelLoadError
 from backends.library import load_model, make_params
-from backends.loading import pick_dtype, resolve
+from backends.runner.loading import pick_dtype, resolve
 from tests.tiny_models import tiny_model_dir
 
 

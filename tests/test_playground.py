@@ -15,9 +15,9 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from handler import playground
-from handler.app import create_app
+from handler.asgi.app import create_app
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.fake_engine import fake_loader
 from tests.tiny_models import tiny_model_dir
@@ -70,6 +70,45 @@ def test_page_forbids_other_origins(static_client: TestClient) -> None:
 )
 def test_only_the_assets_are_served(static_client: TestClient, path: str) -> None:
     assert static_client.get(path).status_code == 404
+
+
+def page_scripts() -> list[str]:
+    """The scripts index.html loads, in its order; each is a deferred file under /playground/."""
+    page = (playground.HERE / "index.html").read_text()
+    names = []
+    for attributes in re.findall(r"<script\b([^>]*)>", page):
+        source = re.search(r'\bsrc="/playground/([^"]+)"', attributes)
+        assert source and re.search(r"\bdefer\b", attributes), attributes
+        names.append(source.group(1))
+    return names
+
+
+def test_every_script_the_page_loads_is_served(static_client: TestClient) -> None:
+    scripts = page_scripts()
+    for name in scripts:
+        response = static_client.get(f"/playground/{name}")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"] == "text/javascript; charset=utf-8", name
+        assert response.headers["cache-control"] == "no-cache", name
+    # And no script is served that the page does not load.
+    assert sorted(scripts) == sorted(name for name in playground.ASSETS if name.endswith(".js"))
+
+
+def test_scripts_load_after_the_scripts_they_use() -> None:
+    """Each script shares what it offers as one `window.ladle…` name; its users come later."""
+    offered: set[str] = set()
+    for name in page_scripts():
+        text = (playground.HERE / name).read_text()
+        own = set(re.findall(r"window\.(ladle\w+) =[^=]", text))
+        used = set(re.findall(r"window\.(ladle\w+)", text)) - own
+        assert used <= offered, f"{name} uses {sorted(used - offered)} before it is loaded"
+        offered |= own
+
+
+@pytest.mark.parametrize("name", sorted(playground.ASSETS))
+def test_every_asset_stays_under_400_lines(name: str) -> None:
+    lines = len((playground.HERE / name).read_text().splitlines())
+    assert lines < 400, f"{name} has {lines} lines: split it by concern"
 
 
 def test_nothing_comes_from_the_internet() -> None:

@@ -9,12 +9,12 @@ import openai
 import pytest
 import torch
 
-from backends.base import Seq, StagedBackend
-from backends.engine import EngineCore
-from backends.params import SamplingParams
-from backends.prefix_cache import BLOCK_TOKENS, PrefixCache
+from backends.engine.contract import Seq, StagedBackend
+from backends.engine.core import EngineCore
+from backends.engine.params import SamplingParams
+from backends.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import live_server
 from tests.test_hf_bettertransformer import fast_backend
 from tests.tiny_models import build, tiny_backend, tiny_model_dir
@@ -262,8 +262,9 @@ def _compare_prompts(backend: Any, prompts: list[list[int]]) -> None:
 
 
 def test_hf_int8_output_stays_within_its_tolerance_with_the_cache() -> None:
-    from backends import hf_int8, loading
+    from backends import hf_int8
     from backends.hf_int8 import bitsandbytes_problem
+    from backends.runner import loading
 
     if bitsandbytes_problem("cpu") is not None:
         pytest.skip("bitsandbytes does not run here")

@@ -11,18 +11,18 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from backends.engine.outputs import TokenLogprob, TopLogprob
 from backends.errors import ContextLengthError, EngineStoppedError, GenerationError, QueueFullError
-from backends.outputs import TokenLogprob, TopLogprob
+from handler.api.chunks import coalesce
+from handler.api.errors import APIError, from_engine_error, from_validation_error
+from handler.api.events import encode_event
+from handler.api.logprobs import chat_logprobs, completion_logprobs
+from handler.api.openapi import openapi_schema
+from handler.api.prompts import PromptBuilder
+from handler.api.requests import ChatCompletionRequest, ChatMessage, CompletionRequest, Limits
+from handler.api.responses import ChatDelta, Usage
 from handler.cli import build_parser, parse_settings
 from handler.config import OPTIONS, ConfigError, Settings, settings_from_env
-from handler.errors import APIError, from_engine_error, from_validation_error
-from handler.generation import coalesce
-from handler.logprobs import chat_logprobs, completion_logprobs
-from handler.openapi import openapi_schema
-from handler.prompts import PromptBuilder
-from handler.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, Limits
-from handler.replies import ChatDelta, Usage
-from handler.sse import encode_event
 from tests.fake_engine import fake_tokenizer
 
 LIMITS = Limits(max_tokens=100, max_n=4, max_logprobs=5)

@@ -18,9 +18,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from backends import sampler as sampler_mod
-from backends.params import SamplingParams
-from backends.sampler import Sampler, SampleResult, make_generator, wants_logprobs
+from backends.engine import sampler as sampler_mod
+from backends.engine.params import SamplingParams
+from backends.engine.sampler import Sampler, SampleResult, make_generator, wants_logprobs
 
 INF = math.inf
 NO_IDS = cast(torch.LongTensor, torch.empty(0, dtype=torch.long))  # the warpers ignore input_ids
@@ -429,7 +429,7 @@ def test_rejects_mismatched_logits_and_accepts_an_empty_batch() -> None:
 @pytest.mark.parametrize("candidates", [4, 16, 64])
 def test_candidate_cut_equals_the_full_sort(monkeypatch: pytest.MonkeyPatch, candidates: int) -> None:
     """Cutting to the top candidates before sorting never changes the kept distribution."""
-    import backends.sampler as sampler_module
+    import backends.engine.sampler as sampler_module
 
     gen = torch.Generator().manual_seed(candidates)
     x = torch.randn(8, 300, generator=gen) * torch.linspace(0.5, 6.0, 8).unsqueeze(1)  # flat to peaked rows

@@ -18,10 +18,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-import handler.auth
+import handler.asgi.auth
 from backends.errors import ModelLoadError
 from handler.config import Settings, settings_from_env
-from handler.served import load_served_model
+from handler.model import load_served_model
 from reliability.live import single_thread
 from tests.conftest_http import LiveServer, live_server
 from tests.tiny_models import tiny_model_dir
@@ -51,13 +51,13 @@ def keyed() -> Iterator[LiveServer]:
 
 def test_api_keys_are_compared_in_constant_time(keyed: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
     compared: list[tuple[bytes, bytes]] = []
-    real = handler.auth.hmac.compare_digest
+    real = handler.asgi.auth.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(handler.auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(handler.asgi.auth.hmac, "compare_digest", spy)
     wrong = "sk-" + "0" * (len(KEY) - 3)
     cases = {
         f"Bearer {KEY}": 200,

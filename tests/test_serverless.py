@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from handler import serverless
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from handler.serverless import Worker
 from tests.conftest_http import LiveServer, live_server, sse_events, wait_until
 from tests.tiny_models import tiny_model_dir

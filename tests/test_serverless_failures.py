@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from backends.step_clock import Stall, StepLoad
+from backends.engine.step_clock import Stall, StepLoad
 from handler import serverless
 from handler.config import Settings
 from handler.serverless import Worker, exit_on_stall

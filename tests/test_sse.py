@@ -10,9 +10,9 @@ import httpx
 import openai
 import pytest
 
+from handler.asgi.streaming import KEEPALIVE, send_with_keepalive
 from handler.config import Settings
 from handler.serverless import Worker
-from handler.sse import KEEPALIVE, send_with_keepalive
 from tests.conftest_http import LiveServer, live_server
 from tests.fake_engine import fake_loader
 

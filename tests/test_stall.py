@@ -11,14 +11,14 @@ import httpx
 import pytest
 import torch
 
-from backends.async_engine import AsyncEngine
-from backends.base import Seq
-from backends.engine import EngineCore
+from backends.engine.async_engine import AsyncEngine
+from backends.engine.contract import Seq
+from backends.engine.core import EngineCore
+from backends.engine.params import SamplingParams
+from backends.engine.step_clock import StepClock, StepLoad
 from backends.library import Model
-from backends.params import SamplingParams
-from backends.step_clock import StepClock, StepLoad
 from handler.config import Settings
-from handler.served import ServedModel
+from handler.model import ServedModel
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.fake_backend import FakeBackend
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from backends.stopping import StopMatcher
+from backends.engine.stopping import StopMatcher
 
 
 def run(stops: Sequence[str], deltas: Sequence[str]) -> tuple[list[str], bool, str]:

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server, openai_client, tiny_llama_server
 
 MESSAGES: Any = [{"role": "user", "content": "Describe a person."}]

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from handler.errors import APIError
-from handler.protocol import ChatCompletionRequest
-from handler.tool_grammar import call_schema, tool_grammar
-from handler.tools import ToolPlan
+from handler.api.errors import APIError
+from handler.api.requests import ChatCompletionRequest
+from handler.api.tools.grammar import call_schema, tool_grammar
+from handler.api.tools.plan import ToolPlan
 from tests import tiny_tokenizers
 from tests.test_tools import TIME, USER, WEATHER, plan
 
@@ -139,7 +139,7 @@ def test_auto_with_a_json_answer_format_answers_in_json_or_calls() -> None:
 
 def test_tool_spec_combines_with_json_formats_only() -> None:
     from backends.grammar import GrammarSpec
-    from handler.tool_grammar import tool_spec
+    from handler.api.tools.grammar import tool_spec
 
     auto = plan(tools=[WEATHER]) or _no_plan()
     combined = tool_spec(auto, GrammarSpec.json_object(), "response_format")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from handler.tool_parser import ToolCallParser, parse_tool_calls
+from handler.api.tools.parser import ToolCallParser, parse_tool_calls
 
 CALLS = (
     'Let me check.\n<tool_call>\n{"name":"get_weather","arguments":{"city":"Paris","unit":"c"}}\n</tool_call>\n'

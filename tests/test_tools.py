@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from handler.errors import APIError
-from handler.prompts import PromptBuilder
-from handler.protocol import ChatCompletionRequest, ChatMessage
-from handler.tool_grammar import tool_grammar
-from handler.tool_prompt import TemplateSupport, fallback_instructions, with_tools
-from handler.tools import ToolPlan
+from handler.api.errors import APIError
+from handler.api.prompts import PromptBuilder
+from handler.api.requests import ChatCompletionRequest, ChatMessage
+from handler.api.tools.grammar import tool_grammar
+from handler.api.tools.plan import ToolPlan
+from handler.api.tools.prompt import TemplateSupport, fallback_instructions, with_tools
 from tests import tiny_tokenizers
 from tests.tiny_models import CHAT_TEMPLATE
 

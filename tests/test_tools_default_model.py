@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from handler.config import Settings
-from handler.served import load_served_model
+from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server
 from tests.test_tools_live import accumulate
 

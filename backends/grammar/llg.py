@@ -20,7 +20,7 @@ import llguidance.hf
 import torch
 from llguidance.gbnf_to_lark import any_to_lark
 
-from backends.detokenizer import token_bytes
+from backends.engine.detokenizer import token_bytes
 from backends.grammar.spec import GrammarSpec
 
 log = logging.getLogger("ladle.grammar")

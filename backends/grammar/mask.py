@@ -14,8 +14,8 @@ from typing import Protocol
 
 import torch
 
+from backends.engine.sampler import Mask
 from backends.grammar.llg import GrammarMatcher, GrammarTokenizer
-from backends.sampler import Mask
 
 # Bit j of an int32 word, the sign bit included: token 32w + j is bit j of word w.
 _BITS = torch.tensor([1 << j for j in range(31)] + [-(2**31)], dtype=torch.int32)  # [32]

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from backends import loading
 from backends.errors import ModelLoadError
 from backends.hf_bettertransformer.backend import BetterTransformerBackend
 from backends.hf_bettertransformer.decode_step import resolve_compile
-from backends.hf_runner import TransformersRunner
+from backends.runner import loading
+from backends.runner.transformers_runner import TransformersRunner
 
 log = logging.getLogger("ladle.hf_bettertransformer")
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from backends.base import FastPaths, Seq
+from backends.engine.contract import FastPaths, Seq
 from backends.errors import ContextLengthError
 from backends.hf_bettertransformer.attention import use_decode_sdpa
 from backends.hf_bettertransformer.decode_step import DecodeStep
 from backends.hf_bettertransformer.slot_cache import SlotCache
-from backends.hf_runner import TransformersRunner, attention_implementation
+from backends.runner.transformers_runner import TransformersRunner, attention_implementation
 
 log = logging.getLogger("ladle.hf_bettertransformer")
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from backends.batch_cache import cache_layers
+from backends.runner.batch_cache import cache_layers
 
 
 @dataclass(slots=True)

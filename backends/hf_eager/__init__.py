@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from backends import loading
-from backends.hf_runner import TransformersRunner
+from backends.runner import loading
+from backends.runner.transformers_runner import TransformersRunner
 
 log = logging.getLogger("ladle.hf_eager")
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from backends import loading
 from backends.errors import ModelLoadError
 from backends.hf_int8.placement import (
     DeviceMap,
@@ -34,7 +33,8 @@ from backends.hf_int8.quantization import (
     quiet_bitsandbytes,
     weight_bytes,
 )
-from backends.hf_runner import TransformersRunner
+from backends.runner import loading
+from backends.runner.transformers_runner import TransformersRunner
 
 log = logging.getLogger("ladle.hf_int8")
 

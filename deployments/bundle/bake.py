@@ -21,7 +21,7 @@ def download(model_id: str, revision: str, into: Path) -> None:
 
 
 def convert_default(into: Path) -> None:
-    from backends.loading import convert_gguf, default_gguf_path
+    from backends.runner.loading import convert_gguf, default_gguf_path
 
     with tempfile.TemporaryDirectory() as cache:
         shutil.copytree(convert_gguf(default_gguf_path(), Path(cache)), into)
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         convert_default(args.into)
     # Fail the build, not the first start, if the directory cannot be served.
-    from backends.loading import ModelSource, load_config
+    from backends.runner.loading import ModelSource, load_config
 
     load_config(ModelSource(str(args.into), args.into.name, True), trust_remote_code=False)
     print(f"baked {args.model_id or 'the default model'} into {args.into}")

@@ -1,4 +1,4 @@
-"""The web playground: one page and its two assets, served from this package's directory."""
+"""The web playground: one page, its scripts and its style sheet, served from this package's directory."""
 
 from __future__ import annotations
 
@@ -15,9 +15,16 @@ HERE = Path(__file__).resolve().parent
 
 # An allow-list rather than a StaticFiles mount: nothing else in this folder (the Python source,
 # __pycache__) is served, and the content types do not depend on the host's mimetypes table.
+# The scripts are plain files, one concern each; index.html loads them in dependency order.
+_SCRIPT = "text/javascript; charset=utf-8"
 ASSETS = {
-    "app.js": "text/javascript; charset=utf-8",
-    "format.js": "text/javascript; charset=utf-8",
+    "format.js": _SCRIPT,
+    "page.js": _SCRIPT,
+    "api.js": _SCRIPT,
+    "parameters.js": _SCRIPT,
+    "transcript.js": _SCRIPT,
+    "tokentip.js": _SCRIPT,
+    "app.js": _SCRIPT,
     "style.css": "text/css; charset=utf-8",
 }
 
@@ -28,7 +35,7 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
 )
 
-# Revalidate on every load so an upgraded server never runs a stale app.js.
+# Revalidate on every load so an upgraded server never runs a stale script.
 _CACHE = {"Cache-Control": "no-cache"}
 
 
