@@ -74,6 +74,7 @@ class EngineCore:
         self._waiting: deque[Request] = deque()
         self._requests: dict[str, Request] = {}
         self._running: list[Sequence] = []
+        self._constrained = 0  # running sequences with a grammar: none, and decode scans no row for one
         self._next_seq_id = 0
         self.accepting = True
         self.step_load = StepLoad()  # what the step in flight does, for a stall report
@@ -205,12 +206,13 @@ class EngineCore:
             row_logits.extend([logits] * len(request.sequences))
         if rows:
             self._running.extend(rows)
+            self._constrained += sum(s.matcher is not None for s in rows)
             self._sample(torch.stack(row_logits), rows, touched)
 
     def _decode(self, decoding: list[Sequence], result: StepResult, touched: dict[str, Request]) -> None:
         try:
             logits = self.backend.decode([s.seq for s in decoding])  # [B, V]
-            self._sample(logits, decoding, touched)
+            self._sample(logits, decoding, touched, constrained=self._constrained > 0)
         except Exception as exc:
             log.exception("decode failed for a batch of %d sequence(s)", len(decoding))
             self._fail(list({s.request.request_id: s.request for s in decoding}.values()), exc, result)
@@ -229,6 +231,7 @@ class EngineCore:
 
     def _release(self, seqs: list[Sequence]) -> None:
         gone = set(map(id, seqs))
+        self._constrained -= sum(s.matcher is not None for s in self._running if id(s) in gone)
         self._running = [s for s in self._running if id(s) not in gone]
         try:
             self.backend.release([s.seq for s in seqs])
@@ -237,8 +240,15 @@ class EngineCore:
             self.backend.release([s.seq for s in self._running])
             raise
 
-    def _sample(self, logits: torch.Tensor, rows: list[Sequence], touched: dict[str, Request]) -> None:
-        result = self.sampler(logits, rows, grammar_mask(rows, lambda: self.grammars.tokenizer))
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        rows: list[Sequence],
+        touched: dict[str, Request],
+        constrained: bool = True,
+    ) -> None:
+        mask = grammar_mask(rows, lambda: self.grammars.tokenizer) if constrained else None
+        result = self.sampler(logits, rows, mask)
         for i, s in enumerate(rows):
             touched[s.request.request_id] = s.request
             self._advance(s, result.token_ids[i], result.logprobs[i], result.top_logprobs[i])

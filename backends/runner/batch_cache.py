@@ -64,6 +64,8 @@ def _concat(into: list[Any], other: list[Any]) -> None:
 class BatchCache:
     """The KV cache of the running batch, one row per sequence id."""
 
+    pad_total: int  # the sum of `pad`, kept by its setter
+
     def __init__(
         self,
         cache: Any,
@@ -78,6 +80,23 @@ class BatchCache:
         self.encoder_states = encoder_states
         self.encoder_mask = encoder_mask
         self.zero_padding()
+
+    @property
+    def pad(self) -> torch.Tensor:
+        """[B]: left-padding columns per row."""
+        return self._pad
+
+    @pad.setter
+    def pad(self, value: torch.Tensor) -> None:
+        # Every change assigns (in-place `+=` too), so the total is kept here, on joins and
+        # leaves, rather than summed at every step for the KV-tokens gauge.
+        self._pad = value
+        self.pad_total = int(value.sum()) if value.numel() else 0
+
+    @property
+    def positions_held(self) -> int:
+        """Cache positions of real tokens, padding excluded."""
+        return len(self.seq_ids) * self.length - self.pad_total
 
     @property
     def length(self) -> int:

@@ -197,7 +197,7 @@ class TransformersRunner:
 
     def cached_tokens(self) -> int:
         """Positions held by live and staged sequences, padding excluded."""
-        live = sum(len(b) * b.length - int(b.pad.sum()) for b in self.batches)
+        live = sum(b.positions_held for b in self.batches)
         return live + sum(s.length for s in self.staged.values())
 
     @torch.inference_mode()
