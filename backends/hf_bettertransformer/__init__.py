@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from backends.errors import ModelLoadError
+from backends.errors import ModelLoadError, one_line
 from backends.hf_bettertransformer.backend import BetterTransformerBackend
 from backends.hf_bettertransformer.decode_step import resolve_compile
 from backends.runner import loading
@@ -64,7 +64,7 @@ def load(
         log.warning(
             "hf_bettertransformer: %s does not fit the slot cache (%s); using the shared runner",
             source.name,
-            _one_line(exc),
+            one_line(exc),
         )
         return SharedRunnerBackend(model, tokenizer, source.name)
     log.info(
@@ -124,15 +124,10 @@ def _maybe_optimum(model: Any) -> Any:
     try:
         converted = BetterTransformer.transform(model, keep_original_model=False)
     except Exception as exc:  # optimum refuses models that Transformers already runs with SDPA
-        log.info("hf_bettertransformer: optimum.bettertransformer declined this model: %s", _one_line(exc))
+        log.info("hf_bettertransformer: optimum.bettertransformer declined this model: %s", one_line(exc))
         return model
     log.info("hf_bettertransformer: converted the model with optimum.bettertransformer")
     return converted
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 __all__ = ["BetterTransformerBackend", "SharedRunnerBackend", "load"]

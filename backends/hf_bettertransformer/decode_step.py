@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from backends.errors import one_line
 from backends.hf_bettertransformer.slot_cache import SlotCache
 
 log = logging.getLogger("ladle.hf_bettertransformer")
@@ -97,7 +98,10 @@ class DecodeStep:
         try:
             self.warm_up()  # at load, no slot is busy
         except Exception as exc:
-            log.warning("hf_bettertransformer: torch.compile failed, decoding eagerly: %s", _one_line(exc))
+            log.warning(
+                "hf_bettertransformer: torch.compile failed, decoding eagerly: %s",
+                one_line(exc, with_type=True),
+            )
             self._forward, self.compiled, self.widths = self.forward, False, [self.cache.max_len]
             return False
         log.info(
@@ -144,8 +148,3 @@ class DecodeStep:
         logits = self._forward(input_ids, where)  # [rows, V]
         # CUDA graphs reuse their output memory on the next replay: hand out a copy.
         return logits.clone() if self.compiled else logits
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
