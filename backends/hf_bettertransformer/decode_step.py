@@ -9,7 +9,6 @@ and attends exactly as many columns as the longest row needs.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -32,15 +31,8 @@ def compile_default(device: torch.device) -> bool:
 
 
 def resolve_compile(option: bool | None, device: torch.device) -> bool:
-    """The `compile` option, else COMPILE=0|1, else the per-device default."""
-    if option is not None:
-        return option
-    env = os.environ.get("COMPILE", "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    if env in ("0", "false", "no", "off"):
-        return False
-    return compile_default(device)
+    """The `compile` option (COMPILE), else the per-device default."""
+    return compile_default(device) if option is None else option
 
 
 def compiled_widths(max_len: int) -> list[int]:
