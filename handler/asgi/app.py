@@ -56,7 +56,7 @@ def create_app(
             await asyncio.gather(loading, return_exceptions=True)
             await state.close()
 
-    routes = [*ROUTES, *playground.routes()] if playground.enabled() else ROUTES
+    routes = ROUTES if settings.no_playground else [*ROUTES, *playground.routes()]
     app = Starlette(
         routes=routes,
         middleware=_middleware(settings, state.metrics, routes),
