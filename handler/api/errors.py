@@ -48,10 +48,6 @@ class NotFoundError(APIError):
     status_code = 404
 
 
-class MethodNotAllowedError(APIError):
-    status_code = 405
-
-
 class PayloadTooLargeError(APIError):
     status_code = 413
 
