@@ -19,13 +19,14 @@ from backends.errors import (
     InvalidRequestError,
     QueueFullError,
 )
+from handler.api.bounds import Limits
 from handler.api.chunks import coalesce
 from handler.api.errors import APIError, from_engine_error, from_validation_error
 from handler.api.events import encode_event
 from handler.api.logprobs import chat_logprobs, completion_logprobs
 from handler.api.openapi import openapi_schema
 from handler.api.prompts import PromptBuilder
-from handler.api.requests import ChatCompletionRequest, ChatMessage, CompletionRequest, Limits
+from handler.api.requests import ChatCompletionRequest, ChatMessage, CompletionRequest
 from handler.api.responses import ChatDelta, Usage
 from handler.cli import build_parser, parse_settings
 from handler.config import OPTIONS, ConfigError, Settings, settings_from_env
