@@ -16,6 +16,7 @@ from backends.engine.contract import Backend, ModelInfo
 from backends.engine.core import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE_TOKENS, EngineCore
 from backends.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 from backends.engine.params import SamplingParams
+from backends.errors import InvalidRequestError
 from backends.grammar import from_response_format, from_structured_outputs
 from backends.options import BackendOptions, backend_options
 from backends.runner import loading
@@ -72,7 +73,8 @@ def load_model(
 
 
 def make_params(**kwargs: Any) -> SamplingParams:
-    """SamplingParams from keyword arguments; unknown or invalid ones raise ValueError naming them.
+    """SamplingParams from keyword arguments, validated as the engine validates them; an unknown or
+    invalid one raises InvalidRequestError (a ValueError) whose `param` names it.
 
     `response_format` (OpenAI's) and `structured_outputs` (vLLM's) become `grammar`.
     """
@@ -84,11 +86,13 @@ def make_params(**kwargs: Any) -> SamplingParams:
             spec = convert(kwargs.pop(name), name)
             if spec is not None:
                 if kwargs.get("grammar") is not None:
-                    raise ValueError(f"{name}: only one of response_format, structured_outputs, grammar")
+                    raise InvalidRequestError(
+                        f"{name}: only one of response_format, structured_outputs, grammar", name
+                    )
                 kwargs["grammar"] = spec
     unknown = sorted(set(kwargs) - _PARAM_NAMES)
     if unknown:
-        raise ValueError(f"unknown parameter: {unknown[0]}")
+        raise InvalidRequestError(f"unknown parameter: {unknown[0]}", unknown[0])
     if isinstance(kwargs.get("stop"), str):
         kwargs["stop"] = [kwargs["stop"]]
     params = SamplingParams(**kwargs)

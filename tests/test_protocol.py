@@ -10,14 +10,21 @@ import pytest
 from pydantic import ValidationError
 
 from backends.engine.outputs import TokenLogprob, TopLogprob
-from backends.errors import ContextLengthError, EngineStoppedError, GenerationError, QueueFullError
+from backends.errors import (
+    ContextLengthError,
+    EngineStoppedError,
+    GenerationError,
+    InvalidRequestError,
+    QueueFullError,
+)
+from handler.api.bounds import Limits
 from handler.api.chunks import coalesce
 from handler.api.errors import APIError, from_engine_error, from_validation_error
 from handler.api.events import encode_event
 from handler.api.logprobs import chat_logprobs, completion_logprobs
 from handler.api.openapi import openapi_schema
 from handler.api.prompts import PromptBuilder
-from handler.api.requests import ChatCompletionRequest, ChatMessage, CompletionRequest, Limits
+from handler.api.requests import ChatCompletionRequest, ChatMessage, CompletionRequest
 from handler.api.responses import ChatDelta, Usage
 from handler.cli import build_parser, parse_settings
 from handler.config import OPTIONS, ConfigError, Settings, settings_from_env
@@ -271,8 +278,12 @@ def test_engine_errors_map_to_statuses() -> None:
     assert from_engine_error(EngineStoppedError("stop")).status_code == 503
     failed = from_engine_error(GenerationError("boom at line 3"))
     assert failed.status_code == 500 and "boom" not in failed.message
-    assert from_engine_error(ValueError("top_p must be in (0, 1]")).param == "top_p"
-    assert from_engine_error(RuntimeError("x")).status_code == 500
+    invalid = from_engine_error(InvalidRequestError("top_p must be in (0, 1]", "top_p", code="c"))
+    assert (invalid.status_code, invalid.param, invalid.code) == (400, "top_p", "c")
+    # A ValueError is a bug somewhere, not the client's fault: its message (and any param in it) stays inside.
+    for bug in (ValueError("top_p must be in (0, 1]"), RuntimeError("x")):
+        error = from_engine_error(bug)
+        assert (error.status_code, error.param, error.message) == (500, None, "internal server error")
 
 
 def entry(token: str, logprob: float | None, top: dict[str, float] | None = None) -> TokenLogprob:
