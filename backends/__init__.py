@@ -13,9 +13,11 @@ if TYPE_CHECKING:
     from backends.engine.async_engine import AsyncEngine, RequestStream
     from backends.engine.params import SamplingParams
     from backends.library import Model, load_backend, load_model
+    from backends.options import BackendOptions
 
 _EXPORTS = {
     "AsyncEngine": "backends.engine.async_engine",
+    "BackendOptions": "backends.options",
     "RequestStream": "backends.engine.async_engine",
     "Model": "backends.library",
     "load_backend": "backends.library",
@@ -25,6 +27,7 @@ _EXPORTS = {
 
 __all__ = [
     "AsyncEngine",
+    "BackendOptions",
     "Model",
     "RequestStream",
     "SamplingParams",

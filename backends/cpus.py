@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-CGROUP_ROOT = Path(os.environ.get("LADLE_CGROUP_ROOT", "/sys/fs/cgroup"))
+# Where the cgroup hierarchy is mounted; the server passes its LADLE_CGROUP_ROOT setting instead.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 # Where cgroup v1 mounts the cpu controller, depending on the distribution.
 V1_CPU_DIRS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")

@@ -41,3 +41,11 @@ class GenerationError(LadleError):
 
 class ModelLoadError(LadleError):
     """The model cannot be loaded or cannot generate text; the message is one line for the user."""
+
+
+def one_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a log or an error."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if with_type else lines[0]

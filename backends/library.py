@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
+
+from backends import registry
 from backends.engine.async_engine import AsyncEngine
 from backends.engine.contract import Backend, ModelInfo
 from backends.engine.core import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE_TOKENS, EngineCore
 from backends.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 from backends.engine.params import SamplingParams
+from backends.errors import InvalidRequestError
 from backends.grammar import from_response_format, from_structured_outputs
+from backends.options import BackendOptions, backend_options
 from backends.runner import loading
 
 log = logging.getLogger("ladle")
 
-BACKENDS = ("hf_eager", "hf_bettertransformer", "hf_int8")
 _PARAM_NAMES = {f.name for f in fields(SamplingParams)}
 
 
@@ -25,68 +30,51 @@ def load_backend(
     model: str | None = None,
     *,
     backend: str = "hf_eager",
-    dtype: str | None = None,
-    device: str | None = None,
-    trust_remote_code: bool = False,
     cache_dir: str | None = None,
-    **options: Any,
+    options: BackendOptions | None = None,
+    **given: Any,
 ) -> Backend:
-    """Resolve MODEL and load it with the named backend."""
-    source = loading.resolve(model, cache_dir, trust_remote_code)
-    if backend == "hf_eager":
-        from backends import hf_eager
+    """Resolve MODEL and load it with the named backend.
 
-        return hf_eager.load(source, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    if backend == "hf_bettertransformer":
-        from backends import hf_bettertransformer
-
-        return hf_bettertransformer.load(
-            source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **options
-        )
-    if backend == "hf_int8":
-        from backends import hf_int8
-
-        return hf_int8.load(
-            source, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **options
-        )
-    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    The backend options (the fields of BackendOptions: dtype, device, trust_remote_code,
+    max_batch_size, compile, max_context, max_memory, load_in_4bit, device_map) come from
+    their keyword argument when given, else from `options` when given, else from their environment
+    variable (DTYPE, DEVICE, ... read as the server reads them), else their default.
+    """
+    chosen = backend_options(base=options, **given)
+    load = registry.loader(backend)
+    source = loading.resolve(model, cache_dir, chosen.trust_remote_code)
+    return load(source, chosen)
 
 
 def load_model(
     model: str | None = None,
     *,
     backend: str = "hf_eager",
-    dtype: str | None = None,
-    device: str | None = None,
-    max_batch_size: int = 16,
     max_queued_requests: int = 256,
     prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK,
     prefix_cache_tokens: int | None = DEFAULT_PREFIX_CACHE_TOKENS,
-    trust_remote_code: bool = False,
     cache_dir: str | None = None,
-    **options: Any,
+    options: BackendOptions | None = None,
+    **given: Any,
 ) -> Model:
     """Load a model (the default model when none is named) ready to generate.
 
+    Backend options are keyword arguments (`dtype=`, `device=`, `max_batch_size=`, `compile=`,
+    `max_context=`, ...: see load_backend); `max_batch_size` sizes the engine's batch too.
     `prefix_cache_tokens=None` turns the prefix cache off.
     """
-    if backend == "hf_bettertransformer":
-        options.setdefault("max_batch_size", max_batch_size)  # sizes its static cache
-    loaded = load_backend(
-        model,
-        backend=backend,
-        dtype=dtype,
-        device=device,
-        trust_remote_code=trust_remote_code,
-        cache_dir=cache_dir,
-        **options,
+    chosen = backend_options(base=options, **given)
+    loaded = load_backend(model, backend=backend, cache_dir=cache_dir, options=chosen)
+    core = EngineCore(
+        loaded, chosen.max_batch_size, max_queued_requests, prefill_chunk_tokens, prefix_cache_tokens
     )
-    core = EngineCore(loaded, max_batch_size, max_queued_requests, prefill_chunk_tokens, prefix_cache_tokens)
     return Model(core)
 
 
 def make_params(**kwargs: Any) -> SamplingParams:
-    """SamplingParams from keyword arguments; unknown or invalid ones raise ValueError naming them.
+    """SamplingParams from keyword arguments, validated as the engine validates them; an unknown or
+    invalid one raises InvalidRequestError (a ValueError) whose `param` names it.
 
     `response_format` (OpenAI's) and `structured_outputs` (vLLM's) become `grammar`.
     """
@@ -98,11 +86,13 @@ def make_params(**kwargs: Any) -> SamplingParams:
             spec = convert(kwargs.pop(name), name)
             if spec is not None:
                 if kwargs.get("grammar") is not None:
-                    raise ValueError(f"{name}: only one of response_format, structured_outputs, grammar")
+                    raise InvalidRequestError(
+                        f"{name}: only one of response_format, structured_outputs, grammar", name
+                    )
                 kwargs["grammar"] = spec
     unknown = sorted(set(kwargs) - _PARAM_NAMES)
     if unknown:
-        raise ValueError(f"unknown parameter: {unknown[0]}")
+        raise InvalidRequestError(f"unknown parameter: {unknown[0]}", unknown[0])
     if isinstance(kwargs.get("stop"), str):
         kwargs["stop"] = [kwargs["stop"]]
     params = SamplingParams(**kwargs)
@@ -114,11 +104,22 @@ class Model:
     """A loaded model: call it with a prompt to stream OpenAI-shaped completion choices."""
 
     def __init__(self, core: EngineCore) -> None:
-        self.core = core
-        self.backend = core.backend
+        self._core: EngineCore | None = core
         self.tokenizer = core.tokenizer
         self.info: ModelInfo = core.info
         self._engine: AsyncEngine | None = None
+
+    @property
+    def core(self) -> EngineCore:
+        """The engine core that runs this model; a closed model has none (RuntimeError)."""
+        if self._core is None:
+            raise RuntimeError("the model is closed")
+        return self._core
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that holds the weights and the KV cache."""
+        return self.core.backend
 
     @property
     def engine(self) -> AsyncEngine:
@@ -187,9 +188,20 @@ class Model:
         return params
 
     def close(self) -> None:
-        """Drop the model's weights and cache."""
-        self.core.shutdown()
-        self.backend.release([])
+        """Stop the engine and let go of the weights and every cache, so that their memory is freed.
+
+        Requests still running are aborted; the model cannot generate afterwards. Shut a started
+        async engine down first (`await model.engine.shutdown()`). Memory is returned once nothing
+        else holds the backend (a reference kept to `model.backend` keeps it alive).
+        """
+        core, self._core, self._engine = self._core, None, None
+        if core is None:
+            return
+        core.shutdown()
+        del core
+        gc.collect()  # the model's modules hold reference cycles
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class ChoiceShaper:

@@ -8,38 +8,55 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from handler.config import OPTIONS, ConfigError, Option, Settings, parse_value, settings_from_env
+from backends.options import BACKEND_OPTIONS
+from handler.config import (
+    OPTIONS,
+    SERVER_OPTIONS,
+    ConfigError,
+    Option,
+    Settings,
+    parse_value,
+    settings_from_env,
+)
 
 log = logging.getLogger("ladle")
 
 
-EPILOG = """\
-Flags override environment variables, which override the defaults.
-
-Read from the environment only:
-  NO_PLAYGROUND=1    do not serve the playground at /
-  COMPILE=0|1        hf_bettertransformer: compile the decode step (default: on CUDA only)
-  MAX_CONTEXT=N      hf_bettertransformer: tokens per KV cache slot (default 2048 CPU, 4096 GPU)
-  MAX_MEMORY=...     hf_int8: per-device budget, e.g. 0:20GiB,1:20GiB,cpu:64GiB
-  LOAD_IN_4BIT=1     hf_int8: nf4 weights instead of LLM.int8
-  OMP_NUM_THREADS=N  as THREADS, for every OpenMP user in the process
-  LADLE_CGROUP_ROOT  where THREADS=0 reads the cgroup CPU quota (default /sys/fs/cgroup)
-"""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per setting; each help line names its environment variable and default."""
+    """One flag per setting of the table; each help line names its environment variable and default."""
     parser = argparse.ArgumentParser(
         prog="ladle",
         description="Serve a Transformers text-generation model behind an OpenAI-compatible API.",
-        epilog=EPILOG,
+        epilog=epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for option in OPTIONS:
-        parser.add_argument(
-            option.flag, dest=option.field, default=None, metavar=_metavar(option), **_extra(option)
-        )
+    groups = (
+        (parser.add_argument_group("server"), SERVER_OPTIONS),
+        (
+            parser.add_argument_group("model and backend (load_model()'s keyword arguments too)"),
+            BACKEND_OPTIONS,
+        ),
+    )
+    for group, options in groups:
+        for option in options:
+            if option.flagged:
+                group.add_argument(
+                    option.flag, dest=option.field, default=None, metavar=_metavar(option), **_extra(option)
+                )
     return parser
+
+
+def epilog() -> str:
+    """Precedence, then the settings read from the environment only, from the table too."""
+    lines = ["Flags override environment variables, which override the defaults.", ""]
+    lines.append("Read from the environment only:")
+    for option in OPTIONS:
+        if not option.flagged:
+            lines.append(f"  {option.env:<18} {_help_line(option)}")
+    lines.append(
+        f"  {'OMP_NUM_THREADS':<18} as THREADS, for every OpenMP user in the process (when THREADS is 0)"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def _metavar(option: Option) -> str | None:
@@ -54,8 +71,12 @@ def _shown_default(option: Option) -> str:
     return str(option.default)
 
 
+def _help_line(option: Option) -> str:
+    return f"{option.help} (env {option.env}; default: {_shown_default(option)})"
+
+
 def _extra(option: Option) -> dict[str, Any]:
-    help_text = f"{option.help} (env {option.env}; default: {_shown_default(option)})"
+    help_text = _help_line(option)
     if option.kind == "bool":
         return {"help": help_text, "action": argparse.BooleanOptionalAction}
     return {"help": help_text, "type": _typed(option)}

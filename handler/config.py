@@ -1,22 +1,38 @@
-"""Server settings: one table of options read from environment variables and command-line flags."""
+"""Server settings: the one table of options, read from environment variables and command-line flags.
+
+The table is the server's rows (below) and the backend's (backends/options.py); `ladle --help`
+and the README's configuration table are checked against it (tests/test_config_table.py).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from backends.options import BACKEND_OPTIONS, BackendOptions
+from backends.settings_table import ConfigError, Option, parse_value, read_env, rows
 
-class ConfigError(ValueError):
-    """A setting has a value ladle cannot use; the message names the variable."""
+__all__ = [
+    "OPTIONS",
+    "SERVER_OPTIONS",
+    "ConfigError",
+    "Option",
+    "Settings",
+    "parse_value",
+    "settings_from_env",
+]
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the server is configured with; defaults apply when nothing is set."""
+class Settings(BackendOptions):
+    """Everything the server is configured with; defaults apply when nothing is set.
+
+    The backend's options (dtype, device, max_batch_size, ...) are inherited from BackendOptions,
+    whose rows backends/options.py declares; the fields below are the server's own.
+    """
 
     model: str | None = None
     backend: str = "hf_eager"
@@ -33,11 +49,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     api_key: str | None = None
     max_body_size: int = 4 * 1024 * 1024
-    max_batch_size: int = 16
     max_queued_requests: int = 256
-    dtype: str | None = None
     ladle_cache: str | None = None
-    trust_remote_code: bool = False
     log_level: str = "info"
     completion_max_total_tokens: int = 20480
     max_concurrent_requests: int = 512
@@ -47,7 +60,6 @@ class Settings:
     health_loading_status: int = 503
     threads: int = 0
     engine_stall_timeout: float = 120.0
-    device: str = "auto"
     completion_max_stop_length: int = 1024
     completion_max_logit_bias: int = 1024
     completion_max_prompts: int = 32
@@ -57,6 +69,8 @@ class Settings:
     prefix_cache: bool = True
     prefix_cache_tokens: int = 16384
     prefill_chunk_tokens: int = 128
+    no_playground: bool = False
+    cgroup_root: str = "/sys/fs/cgroup"
 
     def __repr__(self) -> str:
         # The API key must never reach a log line.
@@ -66,42 +80,8 @@ class Settings:
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One setting: its field in Settings, its environment variable and what it means."""
-
-    field: str
-    env: str
-    help: str
-    minimum: int | None = None
-    choices: tuple[str, ...] = ()
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.field.replace("_", "-")
-
-    @property
-    def default(self) -> Any:
-        return _FIELDS[self.field].default
-
-    @property
-    def kind(self) -> str:
-        """One of "str", "int", "float", "bool", "list"."""
-        return _KINDS[self.field]
-
-
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-_KINDS = {
-    **{name: "str" for name in _FIELDS},
-    **{name: "int" for name in _FIELDS if isinstance(_FIELDS[name].default, int)},
-    **{name: "float" for name in _FIELDS if isinstance(_FIELDS[name].default, float)},
-    "trust_remote_code": "bool",
-    "log_prompts": "bool",
-    "prefix_cache": "bool",
-    "cors_origins": "list",
-}
-
-OPTIONS: tuple[Option, ...] = (
+SERVER_OPTIONS: tuple[Option, ...] = rows(
+    Settings,
     Option("model", "MODEL", "local directory, .gguf file or hub id; unset serves the default model"),
     Option("backend", "BACKEND", "model runner: hf_eager, hf_bettertransformer or hf_int8"),
     Option("host", "HOST", "address to listen on"),
@@ -131,11 +111,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("cors_origins", "CORS_ORIGINS", "comma-separated origins allowed by CORS; empty allows none"),
     Option("api_key", "API_KEY", "require this bearer key on every route but /health, /ping and /livez"),
     Option("max_body_size", "MAX_BODY_SIZE", "largest request body accepted, in bytes", 1),
-    Option("max_batch_size", "MAX_BATCH_SIZE", "sequences the engine runs in one batch", 1),
     Option("max_queued_requests", "MAX_QUEUED_REQUESTS", "requests waiting for the engine before 429", 1),
-    Option("dtype", "DTYPE", "weight dtype (float32, float16, bfloat16); unset picks one for the device"),
     Option("ladle_cache", "LADLE_CACHE", "folder for converted models; unset uses the user cache"),
-    Option("trust_remote_code", "TRUST_REMOTE_CODE", "allow model code from the model's repository"),
     Option("log_level", "LOG_LEVEL", "how much to log", choices=("debug", "info", "warning", "error")),
     Option(
         "completion_max_total_tokens",
@@ -202,9 +179,6 @@ OPTIONS: tuple[Option, ...] = (
         0,
     ),
     Option(
-        "device", "DEVICE", "where the model runs: auto, cpu, cuda or cuda:N; CUDA that does not work exits"
-    ),
-    Option(
         "prefix_cache",
         "PREFIX_CACHE",
         "keep the KV of processed tokens and reuse it for prompts that start the same (decoder-only models)",
@@ -221,50 +195,23 @@ OPTIONS: tuple[Option, ...] = (
         "prompt tokens prefilled per engine step while other streams decode (longer prompts go in chunks)",
         1,
     ),
+    Option("no_playground", "NO_PLAYGROUND", "do not serve the playground at /", flagged=False),
+    Option(
+        "cgroup_root",
+        "LADLE_CGROUP_ROOT",
+        "where THREADS=0 reads the cgroup CPU quota",
+        flagged=False,
+    ),
 )
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def parse_value(option: Option, raw: str, source: str) -> Any:
-    """Turn the text of one setting into its typed value; `source` names it in errors."""
-    kind = option.kind
-    text = raw.strip()
-    if kind == "bool":
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ConfigError(f"{source} must be true or false, got {raw!r}")
-    if kind == "list":
-        return tuple(item.strip() for item in text.split(",") if item.strip())
-    if kind in ("int", "float"):
-        try:
-            value = int(text) if kind == "int" else float(text)
-            if not math.isfinite(value):
-                raise ValueError(text)
-        except ValueError:
-            what = "an integer" if kind == "int" else "a number"
-            raise ConfigError(f"{source} must be {what}, got {raw!r}") from None
-        if option.minimum is not None and value < option.minimum:
-            raise ConfigError(f"{source} must be >= {option.minimum}, got {value}")
-        return value
-    if option.choices and text.lower() not in option.choices:
-        raise ConfigError(f"{source} must be one of {', '.join(option.choices)}, got {raw!r}")
-    if option.default is None:
-        return text or None
-    return text.lower() if option.choices else text
+# The one table: the environment, the flags, `ladle --help` and the README's table come from it.
+OPTIONS: tuple[Option, ...] = SERVER_OPTIONS + BACKEND_OPTIONS
 
 
 def settings_from_env(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
     """Build Settings from environment variables, then apply already-typed overrides (flags)."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        if option.env in environ:
-            values[option.field] = parse_value(option, environ[option.env], option.env)
+    values = read_env(OPTIONS, os.environ if environ is None else environ)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return Settings(**values)

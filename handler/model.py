@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from backends.cpus import CpuCount, usable_cpus
+from backends.cpus import CGROUP_ROOT, CpuCount, usable_cpus
+from backends.options import BackendOptions
 
 if TYPE_CHECKING:
     from backends.engine.async_engine import AsyncEngine
@@ -38,30 +40,32 @@ def load_served_model(settings: Settings) -> ServedModel:
 
     from backends import load_model
 
-    threads = forward_threads(settings.threads)
+    threads = forward_threads(settings.threads, cgroup_root=Path(settings.cgroup_root))
     torch.set_num_threads(threads.count)
     log.info("torch uses %d CPU thread(s) for the forward (from the %s)", threads.count, threads.source)
     model: ServedModel = load_model(
         settings.model,
         backend=settings.backend,
-        dtype=settings.dtype,
-        device=settings.device,
-        max_batch_size=settings.max_batch_size,
+        options=BackendOptions.copy_of(settings),
         max_queued_requests=settings.max_queued_requests,
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
         prefix_cache_tokens=settings.prefix_cache_tokens if settings.prefix_cache else None,
-        trust_remote_code=settings.trust_remote_code,
         cache_dir=settings.ladle_cache,
     )
     return model
 
 
-def forward_threads(setting: int, environ: Mapping[str, str] | None = None) -> CpuCount:
-    """THREADS when set; else OMP_NUM_THREADS when set (torch reads it); else the CPUs we may use."""
+def forward_threads(
+    setting: int, environ: Mapping[str, str] | None = None, cgroup_root: Path = CGROUP_ROOT
+) -> CpuCount:
+    """THREADS when set; else OMP_NUM_THREADS when set (torch reads it); else the CPUs we may use.
+
+    OMP_NUM_THREADS is OpenMP's variable, not a ladle setting: it is read as OpenMP reads it.
+    """
     environ = os.environ if environ is None else environ
     if setting:
         return CpuCount(setting, "THREADS setting")
     omp = environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:
         return CpuCount(int(omp), "OMP_NUM_THREADS variable")
-    return usable_cpus()
+    return usable_cpus(cgroup_root)

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from handler.api.errors import APIError, NotFoundError, ServiceUnavailableError
+from handler.api.errors import APIError, InternalError, NotFoundError, ServiceUnavailableError
 from handler.api.events import DONE, encode_event
 from handler.api.responses import ErrorResponse
 from handler.api.service import OpenAIService, Reply
@@ -93,6 +93,10 @@ class Worker:
             reply = await call(service, body)
         except APIError as exc:
             yield job_error(exc.body())
+            return
+        except Exception:  # a bug, not the client's: a 500 body and a traceback; the worker serves on
+            log.exception("job failed")
+            yield job_error(InternalError("internal server error").body())
             return
         if isinstance(reply, BaseModel):
             yield reply.model_dump(mode="json")

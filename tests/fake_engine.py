@@ -3,7 +3,8 @@
 Each choice j of a request reads a fixed script from offset 3*j (shifted by the seed), one token per
 step, with logprob -0.1 * (num_sequences - j): later choices rank higher, which best_of tests rely on.
 A prompt holding "FAIL" makes the stream raise GenerationError after two outputs; one holding "CRASH"
-makes submit raise a RuntimeError (a bug, as far as the HTTP layer can tell).
+makes submit raise a RuntimeError, and one holding "VALUEBUG" a ValueError whose message reads like a
+parameter's (both bugs, as far as the HTTP layer can tell: 500s, never 400s).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from backends.errors import (
     ContextLengthError,
     EngineStoppedError,
     GenerationError,
-    InvalidRequestError,
     QueueFullError,
 )
 from backends.grammar import GrammarCompiler
@@ -193,13 +193,13 @@ class FakeEngine:
     ) -> FakeStream:
         if not self.started:
             raise EngineStoppedError("the engine is not running")
-        try:
-            params.validate(self.info.vocab_size)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), param=str(exc).split(" ", 1)[0]) from exc
+        params.validate(self.info.vocab_size)  # as EngineCore admits: InvalidRequestError naming the param
         prompt = list(prompt_ids) or [self.info.bos_token_id or 0]
-        if "CRASH" in self.tokenizer.decode(prompt):
+        text = self.tokenizer.decode(prompt)
+        if "CRASH" in text:
             raise RuntimeError("secret internal detail")
+        if "VALUEBUG" in text:
+            raise ValueError("top_p must be in (0, 1], got a secret internal detail")
         room = self.info.generation_room(len(prompt))
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
             raise ContextLengthError(

@@ -126,7 +126,7 @@ def test_the_server_logs_its_thread_count_and_where_it_came_from(
     from handler.config import Settings
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(served, "usable_cpus", lambda: CpuCount(1, "cgroup CPU quota 0.5 in /x/cpu.max"))
+    monkeypatch.setattr(served, "usable_cpus", lambda root: CpuCount(1, "cgroup CPU quota 0.5 in /x/cpu.max"))
     monkeypatch.setattr("backends.load_model", lambda *args, **kwargs: object())
     before = torch.get_num_threads()
     caplog.set_level(logging.INFO, logger="ladle")

@@ -16,6 +16,7 @@ from backends import hf_bettertransformer
 from backends.engine.contract import FastPaths
 from backends.errors import ModelLoadError
 from backends.hf_bettertransformer.backend import BetterTransformerBackend
+from backends.options import BackendOptions
 from backends.runner import loading
 from handler.config import Settings
 from handler.model import load_served_model
@@ -79,10 +80,14 @@ def test_eager_reports_the_attention_the_model_runs() -> None:
 
 
 def test_bettertransformer_reports_its_slot_cache_and_attention() -> None:
-    llama = hf_bettertransformer.load(loading.resolve(str(tiny_model_dir("llama"))), compile=False)
+    llama = hf_bettertransformer.load(
+        loading.resolve(str(tiny_model_dir("llama"))), BackendOptions(compile=False)
+    )
     assert llama.info.fast_paths == FastPaths(attention="ladle_sdpa", cache="static", compiled_decode=False)
     # Bloom has no SDPA attention in Transformers: the fallback to eager attention shows.
-    bloom = hf_bettertransformer.load(loading.resolve(str(tiny_model_dir("bloom"))), compile=False)
+    bloom = hf_bettertransformer.load(
+        loading.resolve(str(tiny_model_dir("bloom"))), BackendOptions(compile=False)
+    )
     assert bloom.info.fast_paths.attention == "eager"
 
 

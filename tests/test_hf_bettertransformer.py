@@ -20,6 +20,7 @@ from backends.hf_bettertransformer import BetterTransformerBackend, SharedRunner
 from backends.hf_bettertransformer.attention import decode_sdpa
 from backends.hf_bettertransformer.decode_step import compiled_widths, resolve_compile
 from backends.hf_eager import HFEagerBackend
+from backends.options import BackendOptions, backend_options
 from backends.runner import loading
 from tests.tiny_models import build, tiny_model_dir
 
@@ -195,25 +196,24 @@ def test_context_is_capped_at_the_cache_width() -> None:
     assert backend.slot_of == {}
 
 
-def test_compile_option_then_env_then_device_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_option_then_env_then_device_default() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.delenv("COMPILE", raising=False)
     assert not resolve_compile(None, cpu) and resolve_compile(None, cuda)
-    monkeypatch.setenv("COMPILE", "1")
-    assert resolve_compile(None, cpu) and not resolve_compile(False, cpu)
-    monkeypatch.setenv("COMPILE", "0")
-    assert not resolve_compile(None, cuda) and resolve_compile(True, cuda)
+    assert backend_options({}).compile is None  # unset: the device decides
+    assert backend_options({"COMPILE": "1"}).compile is True
+    assert backend_options({"COMPILE": "1"}, compile=False).compile is False  # the option wins
+    assert backend_options({"COMPILE": "off"}).compile is False
+    assert resolve_compile(True, cpu) and not resolve_compile(False, cuda)
     assert compiled_widths(4096) == [256, 1024, 4096] and compiled_widths(100) == [100]
 
 
-def test_context_stays_inside_a_sliding_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MAX_CONTEXT", raising=False)
+def test_context_stays_inside_a_sliding_window() -> None:
     cpu = torch.device("cpu")
     assert hf_bettertransformer._max_len(SimpleNamespace(), None, cpu) == 4096  # admits 3,000-token prompts
     assert hf_bettertransformer._max_len(SimpleNamespace(sliding_window=512), None, cpu) == 512
     assert hf_bettertransformer._max_len(SimpleNamespace(sliding_window=None), 100, cpu) == 100
-    monkeypatch.setenv("MAX_CONTEXT", "300")
-    assert hf_bettertransformer._max_len(SimpleNamespace(), None, cpu) == 300
+    assert backend_options({"MAX_CONTEXT": "300"}).max_context == 300
+    assert backend_options({"MAX_CONTEXT": ""}).max_context is None
 
 
 def test_load_logs_the_attention_and_falls_back_for_encoder_decoders(
@@ -221,12 +221,12 @@ def test_load_logs_the_attention_and_falls_back_for_encoder_decoders(
 ) -> None:
     caplog.set_level(logging.INFO, logger="ladle.hf_bettertransformer")
     llama = hf_bettertransformer.load(
-        loading.resolve(str(tiny_model_dir("llama"))), compile=False, max_context=64
+        loading.resolve(str(tiny_model_dir("llama"))), BackendOptions(compile=False, max_context=64)
     )
     assert isinstance(llama, BetterTransformerBackend)
     assert llama.model.config._attn_implementation == "ladle_sdpa"
     assert "optimum.bettertransformer" in caplog.text and "16 slots x 64 columns" in caplog.text
-    t5 = hf_bettertransformer.load(loading.resolve(str(tiny_model_dir("t5"))), compile=False)
+    t5 = hf_bettertransformer.load(loading.resolve(str(tiny_model_dir("t5"))), BackendOptions(compile=False))
     assert isinstance(t5, SharedRunnerBackend) and t5.info.backend == "hf_bettertransformer"
     assert "encoder-decoder; using the shared runner" in caplog.text
 

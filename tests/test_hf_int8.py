@@ -24,7 +24,9 @@ from backends.hf_int8 import (
     weight_ratio,
 )
 from backends.hf_int8.placement import quantized_modules
+from backends.options import BackendOptions, backend_options
 from backends.runner import loading
+from backends.settings_table import ConfigError
 from tests.prompts import PROMPTS as SHARED_PROMPTS
 from tests.tiny_models import build, tiny_backend, tiny_model_dir
 
@@ -35,8 +37,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
 
+OPTIONS = BackendOptions()  # the defaults: no MAX_MEMORY budget, int8 weights
+
+
 @pytest.fixture(autouse=True)
 def _no_budget_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # load_model() and load_backend() read the options they are not given from the environment.
     monkeypatch.delenv("MAX_MEMORY", raising=False)
     monkeypatch.delenv("LOAD_IN_4BIT", raising=False)
 
@@ -90,17 +96,13 @@ def test_parse_max_memory_rejects_bad_input(text: str, says: str) -> None:
         parse_max_memory(text)
 
 
-def test_bad_max_memory_or_flag_fails_the_load_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAX_MEMORY", "0:twenty")
+def test_bad_max_memory_or_flag_fails_the_load_in_one_line() -> None:
     with pytest.raises(ModelLoadError, match="unit"):
-        load(_source())
-    monkeypatch.setenv("MAX_MEMORY", "7:1GiB,cpu:1GiB")
+        load(_source(), BackendOptions(max_memory="0:twenty"))
     with pytest.raises(ModelLoadError, match="names GPU 7"):
-        load(_source())
-    monkeypatch.delenv("MAX_MEMORY")
-    monkeypatch.setenv("LOAD_IN_4BIT", "maybe")
-    with pytest.raises(ModelLoadError, match="LOAD_IN_4BIT"):
-        load(_source())
+        load(_source(), backend_options({"MAX_MEMORY": "7:1GiB,cpu:1GiB"}))
+    with pytest.raises(ConfigError, match="LOAD_IN_4BIT"):
+        backend_options({"LOAD_IN_4BIT": "maybe"})
 
 
 def test_load_fails_in_one_line_without_bitsandbytes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,7 +111,7 @@ def test_load_fails_in_one_line_without_bitsandbytes(monkeypatch: pytest.MonkeyP
     with pytest.raises(
         ModelLoadError, match=r"^hf_int8: bitsandbytes cannot be imported [^\n]*ladle\[int8\]"
     ):
-        load(_source())
+        load(_source(), OPTIONS)
 
 
 # -- device maps without GPUs --------------------------------------------------------------------
@@ -172,7 +174,7 @@ def test_head_and_embeddings_stay_unquantized() -> None:
 def test_int8_backend_loads_on_the_cpu_with_int8_linear_layers() -> None:
     import bitsandbytes as bnb
 
-    backend = load(_source())
+    backend = load(_source(), OPTIONS)
     model = backend.model
     assert isinstance(model.model.layers[0].mlp.up_proj, bnb.nn.Linear8bitLt)
     assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.int8
@@ -183,7 +185,7 @@ def test_int8_backend_loads_on_the_cpu_with_int8_linear_layers() -> None:
 @needs_bnb
 def test_int8_logits_are_close_to_float32() -> None:
     eager = tiny_backend("llama")
-    int8 = load(_source())
+    int8 = load(_source(), OPTIONS)
     ids = list(range(5, 40))
     ref, got = eager.score(ids), int8.score(ids)  # [S, V]
     assert (got - ref).abs().max().item() < 0.05 * ref.abs().max().item()
@@ -196,7 +198,7 @@ def test_int8_through_the_engine_batched_equals_one_at_a_time(kind: str) -> None
     # bitsandbytes moves activation columns holding an outlier (>= 6.0) in any row of the batch
     # to 16-bit, so on real models neighbours can nudge the logits; the tiny models have none,
     # so here their rows quantize independently and batching must change nothing.
-    backend = load(_source(kind))
+    backend = load(_source(kind), OPTIONS)
     prompts = _prompts(backend.info.vocab_size)
     together = _generate(backend, prompts)
     assert all(len(t) == GREEDY.max_tokens for t in together)
@@ -216,11 +218,10 @@ def test_load_model_serves_with_hf_int8() -> None:
 
 
 @needs_bnb
-def test_nf4_weights_from_load_in_4bit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nf4_weights_from_load_in_4bit() -> None:
     import bitsandbytes as bnb
 
-    monkeypatch.setenv("LOAD_IN_4BIT", "1")
-    backend = load(_source())
+    backend = load(_source(), backend_options({"LOAD_IN_4BIT": "1"}))
     assert isinstance(backend.model.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
     assert backend.info.dtype == "nf4"
     assert [len(t) for t in _generate(backend, _prompts(backend.info.vocab_size, 3))] == [8] * 3
@@ -285,7 +286,7 @@ def test_split_placement_gives_the_same_greedy_text(
     monkeypatch.setenv("LADLE_CACHE", str(tmp_path))  # the disk offload folder goes there
     # Accelerate's hooks load the disk-offloaded modules for each forward, so the input
     # embedding's weights sit on "meta" and inputs must follow its hook's execution device.
-    split = load(_source(kind), device_map=SPLITS[kind])
+    split = load(_source(kind), BackendOptions(device_map=SPLITS[kind]))
     assert any((tmp_path / "offload").iterdir())
     assert split.model.get_input_embeddings().weight.device.type == "meta"
     assert split.info.devices == ("cpu", "disk")
@@ -387,7 +388,7 @@ def test_gpu_and_cpu_split_gives_the_same_greedy_text() -> None:
 
     source = _source("llama")
     # GPU 0 takes the embedding and the first layer (it keeps room for the 200 KB head besides).
-    split = load(source, dtype="float32", max_memory={0: "450KB", "cpu": "1GiB"})
+    split = load(source, BackendOptions(dtype="float32", max_memory={0: "450KB", "cpu": "1GiB"}))
     assert split.info.devices == ("cuda:0", "cpu"), split.model.hf_device_map
     assert split.device == torch.device("cuda:0")
     offloaded = [k for k, v in split.model.hf_device_map.items() if v in ("cpu", "disk")]

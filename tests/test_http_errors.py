@@ -124,6 +124,25 @@ def test_generation_failure_is_500_without_details(server: LiveServer) -> None:
     assert "secret" not in crash.text and "Traceback" not in crash.text and error["type"] == "server_error"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_value_error_inside_the_engine_is_a_500_with_a_log_line(
+    server: LiveServer, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    # Its message reads like a parameter's; it used to be answered 400 with param "top_p".
+    caplog.set_level(logging.ERROR, logger="ladle")
+    response = post(server, "/v1/completions", json={"prompt": "VALUEBUG", "stream": stream})
+    error = assert_error(response, 500)
+    assert (error["type"], error["param"], error["message"]) == (
+        "server_error",
+        None,
+        "internal server error",
+    )
+    assert "secret" not in response.text
+    bugs = [r.exc_info[1] for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], ValueError)]
+    assert bugs and "secret internal detail" in str(bugs[0])  # the traceback is in the log, not the body
+    assert post(server, "/v1/completions", json={"prompt": "fine", "max_tokens": 2}).status_code == 200
+
+
 def test_server_keeps_serving_after_failures(server: LiveServer) -> None:
     assert post(server, "/v1/completions", json={"prompt": "CRASH"}).status_code == 500
     assert post(server, "/v1/completions", json={"prompt": "fine"}).status_code == 200

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from handler import playground
 from handler.asgi.app import create_app
-from handler.config import Settings
+from handler.config import Settings, settings_from_env
 from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.fake_engine import fake_loader
@@ -121,7 +121,7 @@ def test_nothing_comes_from_the_internet() -> None:
     ("value", "on"), [(None, True), ("", True), ("0", True), ("false", True), ("1", False), ("yes", False)]
 )
 def test_no_playground_turns_it_off(value: str | None, on: bool) -> None:
-    assert playground.enabled({} if value is None else {"NO_PLAYGROUND": value}) is on
+    assert settings_from_env({} if value is None else {"NO_PLAYGROUND": value}).no_playground is not on
 
 
 def _serves_playground(app: Starlette) -> bool:
@@ -130,8 +130,9 @@ def _serves_playground(app: Starlette) -> bool:
 
 def test_app_leaves_the_playground_out_with_no_playground(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _serves_playground(create_app(Settings(), loader=fake_loader()))
+    assert not _serves_playground(create_app(Settings(no_playground=True), loader=fake_loader()))
     monkeypatch.setenv("NO_PLAYGROUND", "1")
-    assert not _serves_playground(create_app(Settings(), loader=fake_loader()))
+    assert not _serves_playground(create_app(loader=fake_loader()))  # the app reads the environment
 
 
 # -- the page in a real browser ---------------------------------------------------------------

@@ -13,6 +13,7 @@ from backends.engine.contract import Seq, StagedBackend
 from backends.engine.core import EngineCore
 from backends.engine.params import SamplingParams
 from backends.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
+from backends.options import BackendOptions
 from handler.config import Settings
 from handler.model import load_served_model
 from tests.conftest_http import live_server
@@ -268,7 +269,9 @@ def test_hf_int8_output_stays_within_its_tolerance_with_the_cache() -> None:
 
     if bitsandbytes_problem("cpu") is not None:
         pytest.skip("bitsandbytes does not run here")
-    int8 = hf_int8.load(loading.ModelSource(str(tiny_model_dir("llama")), "tiny-llama", True))
+    int8 = hf_int8.load(
+        loading.ModelSource(str(tiny_model_dir("llama")), "tiny-llama", True), BackendOptions()
+    )
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logprobs=1)
     prompts = _prompts(int8.info.vocab_size, seed=6)
     off = _run(EngineCore(int8, 8, prefix_cache_tokens=None), prompts, params, stagger=True)

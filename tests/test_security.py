@@ -185,8 +185,9 @@ def test_trust_remote_code_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) ->
     assert settings_from_env({"TRUST_REMOTE_CODE": "1"}).trust_remote_code is True
     seen: dict[str, Any] = {}
     monkeypatch.setattr("backends.load_model", lambda model, **options: seen.update(options))
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # the server's settings decide, not a second read
     load_served_model(Settings(model="some/model"))
-    assert seen["trust_remote_code"] is False
+    assert seen["options"].trust_remote_code is False
 
 
 @pytest.mark.parametrize("model_type", ["llama", "ladle-evil"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import sys
 import threading
 from typing import Any
@@ -47,6 +48,33 @@ def items(body: dict[str, Any], route: str = "/v1/completions") -> list[Any]:
 def is_failure(item: Any) -> bool:
     """RunPod's test: a dict item with a truthy "error" fails the job."""
     return isinstance(item, dict) and bool(item.get("error"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_value_error_inside_the_engine_fails_the_job_as_a_500_and_the_worker_serves_on(
+    stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="ladle")
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        worker = Worker(Settings(), loader=fake_loader())
+        try:
+            bug = [item async for item in worker.handle(job({"prompt": "VALUEBUG", "stream": stream}))]
+            fine = [item async for item in worker.handle(job({"prompt": "fine", "max_tokens": 2}))]
+            return bug, fine
+        finally:
+            await worker.close()
+
+    bug, fine = asyncio.run(scenario())
+    assert len(bug) == 1 and is_failure(bug[0]) and "secret" not in bug[0]["error"]
+    error = json.loads(bug[0]["error"])["error"]
+    assert (error["type"], error["param"], error["message"]) == (
+        "server_error",
+        None,
+        "internal server error",
+    )
+    assert any(r.exc_info is not None and isinstance(r.exc_info[1], ValueError) for r in caplog.records)
+    assert len(fine) == 1 and not is_failure(fine[0]) and fine[0]["choices"][0]["text"]
 
 
 @pytest.mark.parametrize("stream", [False, True])

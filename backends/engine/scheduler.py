@@ -22,12 +22,7 @@ def check_request(
     info: ModelInfo, max_batch_size: int, prompt: list[int], params: SamplingParams
 ) -> list[int]:
     """The prompt to run (BOS for an empty one); raises if the request can never be served."""
-    try:
-        params.validate(info.vocab_size)
-    except InvalidRequestError:
-        raise
-    except ValueError as exc:
-        raise InvalidRequestError(str(exc), param=str(exc).split(" ", 1)[0]) from exc
+    params.validate(info.vocab_size)
     if params.num_sequences > max_batch_size:
         raise InvalidRequestError(
             f"n (or best_of) of {params.num_sequences} exceeds the batch size limit of {max_batch_size}",

@@ -8,14 +8,14 @@ still has `optimum.bettertransformer` and it converts the model, it is used too.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
 
-from backends.errors import ModelLoadError
+from backends.errors import ModelLoadError, one_line
 from backends.hf_bettertransformer.backend import BetterTransformerBackend
 from backends.hf_bettertransformer.decode_step import resolve_compile
+from backends.options import BackendOptions
 from backends.runner import loading
 from backends.runner.transformers_runner import TransformersRunner
 
@@ -33,23 +33,19 @@ class SharedRunnerBackend(TransformersRunner):
     name = "hf_bettertransformer"
 
 
-def load(
-    source: loading.ModelSource,
-    dtype: str | None = None,
-    device: str | None = None,
-    trust_remote_code: bool = False,
-    max_batch_size: int = 16,
-    compile: bool | None = None,
-    max_context: int | None = None,
-) -> TransformersRunner:
-    """Load a model for the hf_bettertransformer backend, compiled and warmed up when asked."""
-    device = loading.choose_device(device)
-    torch_dtype = loading.pick_dtype(dtype, device)
+def load(source: loading.ModelSource, options: BackendOptions) -> TransformersRunner:
+    """Load a model for the hf_bettertransformer backend, compiled and warmed up when asked.
+
+    It reads dtype, device, trust_remote_code, max_batch_size (its slots), max_context and compile.
+    """
+    device = loading.choose_device(options.device)
+    torch_dtype = loading.pick_dtype(options.dtype, device)
+    trust_remote_code, max_batch_size = options.trust_remote_code, options.max_batch_size
     config = loading.load_config(source, trust_remote_code)
     if max_batch_size < 1:
         raise ModelLoadError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    limit = _max_len(config, max_context, torch.device(device))
-    compiled = resolve_compile(compile, torch.device(device))
+    limit = _max_len(config, options.max_context, torch.device(device))
+    compiled = resolve_compile(options.compile, torch.device(device))
     extra = {"attn_implementation": "sdpa"} if _supports_sdpa(config) else {}
     model, tokenizer = loading.load_pretrained(source, trust_remote_code, dtype=torch_dtype, **extra)
     model.to(device)
@@ -64,7 +60,7 @@ def load(
         log.warning(
             "hf_bettertransformer: %s does not fit the slot cache (%s); using the shared runner",
             source.name,
-            _one_line(exc),
+            one_line(exc),
         )
         return SharedRunnerBackend(model, tokenizer, source.name)
     log.info(
@@ -92,12 +88,7 @@ def _supports_sdpa(config: Any) -> bool:
 
 
 def _max_len(config: Any, max_context: int | None, device: torch.device) -> int:
-    """Columns per slot: max_context, else MAX_CONTEXT, else the device cap; never past a sliding window."""
-    env = os.environ.get("MAX_CONTEXT", "").strip()
-    if max_context is None and env:
-        if not env.isdigit() or int(env) < 2:
-            raise ModelLoadError(f"MAX_CONTEXT must be an integer >= 2, got {env!r}")
-        max_context = int(env)
+    """Columns per slot: max_context (MAX_CONTEXT), else the device cap; never past a sliding window."""
     if max_context is not None and max_context < 2:
         raise ModelLoadError(f"max_context must be >= 2, got {max_context}")
     limit = max_context or DEFAULT_MAX_CONTEXT.get(device.type, DEFAULT_MAX_CONTEXT["cuda"])
@@ -124,15 +115,10 @@ def _maybe_optimum(model: Any) -> Any:
     try:
         converted = BetterTransformer.transform(model, keep_original_model=False)
     except Exception as exc:  # optimum refuses models that Transformers already runs with SDPA
-        log.info("hf_bettertransformer: optimum.bettertransformer declined this model: %s", _one_line(exc))
+        log.info("hf_bettertransformer: optimum.bettertransformer declined this model: %s", one_line(exc))
         return model
     log.info("hf_bettertransformer: converted the model with optimum.bettertransformer")
     return converted
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 __all__ = ["BetterTransformerBackend", "SharedRunnerBackend", "load"]

@@ -9,12 +9,12 @@ and attends exactly as many columns as the longest row needs.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import torch
 
+from backends.errors import one_line
 from backends.hf_bettertransformer.slot_cache import SlotCache
 
 log = logging.getLogger("ladle.hf_bettertransformer")
@@ -31,15 +31,8 @@ def compile_default(device: torch.device) -> bool:
 
 
 def resolve_compile(option: bool | None, device: torch.device) -> bool:
-    """The `compile` option, else COMPILE=0|1, else the per-device default."""
-    if option is not None:
-        return option
-    env = os.environ.get("COMPILE", "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    if env in ("0", "false", "no", "off"):
-        return False
-    return compile_default(device)
+    """The `compile` option (COMPILE), else the per-device default."""
+    return compile_default(device) if option is None else option
 
 
 def compiled_widths(max_len: int) -> list[int]:
@@ -97,7 +90,10 @@ class DecodeStep:
         try:
             self.warm_up()  # at load, no slot is busy
         except Exception as exc:
-            log.warning("hf_bettertransformer: torch.compile failed, decoding eagerly: %s", _one_line(exc))
+            log.warning(
+                "hf_bettertransformer: torch.compile failed, decoding eagerly: %s",
+                one_line(exc, with_type=True),
+            )
             self._forward, self.compiled, self.widths = self.forward, False, [self.cache.max_len]
             return False
         log.info(
@@ -144,8 +140,3 @@ class DecodeStep:
         logits = self._forward(input_ids, where)  # [rows, V]
         # CUDA graphs reuse their output memory on the next replay: hand out a copy.
         return logits.clone() if self.compiled else logits
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

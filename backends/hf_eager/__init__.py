@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from backends.options import BackendOptions
 from backends.runner import loading
 from backends.runner.transformers_runner import TransformersRunner
 
@@ -16,16 +17,11 @@ class HFEagerBackend(TransformersRunner):
     name = "hf_eager"
 
 
-def load(
-    source: loading.ModelSource,
-    dtype: str | None = None,
-    device: str | None = None,
-    trust_remote_code: bool = False,
-) -> HFEagerBackend:
-    """Load a model for the hf_eager backend."""
-    device = loading.choose_device(device)
-    torch_dtype = loading.pick_dtype(dtype, device)
-    model, tokenizer = loading.load_pretrained(source, trust_remote_code, dtype=torch_dtype)
+def load(source: loading.ModelSource, options: BackendOptions) -> HFEagerBackend:
+    """Load a model for the hf_eager backend (it reads dtype, device and trust_remote_code)."""
+    device = loading.choose_device(options.device)
+    torch_dtype = loading.pick_dtype(options.dtype, device)
+    model, tokenizer = loading.load_pretrained(source, options.trust_remote_code, dtype=torch_dtype)
     model.to(device)
     log.info("hf_eager: %s on %s in %s", source.name, device, torch_dtype)
     return HFEagerBackend(model, tokenizer, source.name)

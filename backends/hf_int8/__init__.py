@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,11 @@ from backends.hf_int8.quantization import (
     quiet_bitsandbytes,
     weight_bytes,
 )
+from backends.options import BackendOptions
 from backends.runner import loading
 from backends.runner.transformers_runner import TransformersRunner
 
 log = logging.getLogger("ladle.hf_int8")
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class HFInt8Backend(TransformersRunner):
@@ -58,24 +55,18 @@ class HFInt8Backend(TransformersRunner):
         )
 
 
-def load(
-    source: loading.ModelSource,
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
-    max_memory: str | dict[Any, Any] | None = None,
-    load_in_4bit: bool | None = None,
-    device_map: str | dict[str, Any] | None = None,
-    device: str | None = None,
-) -> HFInt8Backend:
-    """Load a model with 8-bit (or nf4) weights over the devices MAX_MEMORY allows.
+def load(source: loading.ModelSource, options: BackendOptions) -> HFInt8Backend:
+    """Load a model with 8-bit (or nf4) weights over the devices max_memory (MAX_MEMORY) allows.
 
     With no device_map (or "auto"/"balanced"), the modules are balanced over every GPU the budget
     names (every visible one when there is no budget), then the CPU and disk if it names them.
     `device` (DEVICE) "cpu" or "cuda:N" puts the whole model there instead; "cuda" insists on GPUs.
+    It reads dtype, device, trust_remote_code, max_memory, load_in_4bit and device_map.
     """
-    budget = _budget(max_memory)
-    four_bit = _flag(load_in_4bit, "LOAD_IN_4BIT")
-    pinned = _pinned_device(device)
+    budget = _budget(options.max_memory)
+    four_bit, trust_remote_code = options.load_in_4bit, options.trust_remote_code
+    pinned = _pinned_device(options.device)
+    device_map = options.device_map
     if device_map is None and pinned is not None:
         device_map = {"": pinned}
     gpus = 0 if pinned == "cpu" else torch.cuda.device_count()
@@ -84,7 +75,7 @@ def load(
     problem = bitsandbytes_problem(main)
     if problem:
         raise ModelLoadError(f"hf_int8: {problem}")
-    torch_dtype = loading.pick_dtype(dtype, main)
+    torch_dtype = loading.pick_dtype(options.dtype, main)
     if device_map is None or device_map in ("auto", "balanced"):
         device_map = _plan(source, budget, torch_dtype, four_bit, trust_remote_code)
     # bitsandbytes quantizes only modules that stay on an accelerator (or all of them on a
@@ -143,26 +134,17 @@ def weight_ratio(source: loading.ModelSource, device: str = "cuda", load_in_4bit
     half, _ = loading.load_pretrained(source, dtype=torch.float16, device_map={"": place})
     half_bytes = weight_bytes(half)
     del half
-    quantized = load(source, dtype="float16", load_in_4bit=load_in_4bit, device_map={"": place})
+    options = BackendOptions(dtype="float16", load_in_4bit=load_in_4bit, device_map={"": place})
+    quantized = load(source, options)
     return weight_bytes(quantized.model) / half_bytes
 
 
 def _budget(max_memory: str | dict[Any, Any] | None) -> dict[int | str, int | str] | None:
-    """The argument, else MAX_MEMORY; a bad one fails the load with one line."""
-    value = max_memory if max_memory is not None else os.environ.get("MAX_MEMORY")
+    """The max_memory option (MAX_MEMORY) as a budget; a bad one fails the load with one line."""
     try:
-        return as_budget(value)
+        return as_budget(max_memory)
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
-
-
-def _flag(value: bool | None, env: str) -> bool:
-    if value is not None:
-        return value
-    text = os.environ.get(env, "").strip().lower()
-    if text not in _TRUE | _FALSE:
-        raise ModelLoadError(f"{env} must be 1 or 0, got {text!r}")
-    return text in _TRUE
 
 
 def _pinned_device(device: str | None) -> int | str | None:

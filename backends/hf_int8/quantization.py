@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from backends.errors import one_line
+
 log = logging.getLogger("ladle.hf_int8")
 
 
@@ -16,14 +18,14 @@ def bitsandbytes_problem(device: str = "cpu") -> str | None:
     try:
         import bitsandbytes as bnb
     except Exception as exc:  # ImportError, or a native library that fails as it loads
-        return f"bitsandbytes cannot be imported ({_one_line(exc)}): pip install 'ladle[int8]'"
+        return f"bitsandbytes cannot be imported ({one_line(exc)}): pip install 'ladle[int8]'"
     try:
         with torch.inference_mode():
             # Moving the layer quantizes its weights; the forward runs the int8 matmul kernels.
             layer = bnb.nn.Linear8bitLt(16, 8, bias=False, has_fp16_weights=False).to(device)
             layer(torch.ones(2, 16, device=device, dtype=torch.float16))
     except Exception as exc:
-        return f"bitsandbytes {bnb.__version__} cannot run 8-bit weights on {device}: {_one_line(exc)}"
+        return f"bitsandbytes {bnb.__version__} cannot run 8-bit weights on {device}: {one_line(exc)}"
     return None
 
 
@@ -70,8 +72,3 @@ def quiet_bitsandbytes() -> None:
     # input to float16 for quantization: that is how LLM.int8 works, not news at each token.
     logger = logging.getLogger("bitsandbytes.autograd._functions")
     logger.addFilter(_RepeatFilter("MatMul8bitLt: inputs will be cast"))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

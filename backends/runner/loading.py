@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.errors import ModelLoadError
+from backends.errors import ModelLoadError, one_line
 
 log = logging.getLogger("ladle.loading")
 
@@ -92,7 +92,7 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
     except ModelLoadError:
         raise
     except Exception as exc:  # a corrupt or unsupported GGUF: one line for the user
-        raise ModelLoadError(f"cannot read GGUF file {gguf}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot read GGUF file {gguf}: {one_line(exc)}") from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -115,11 +115,6 @@ def _dequantize(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def load_config(source: ModelSource, trust_remote_code: bool) -> Any:
     """Read the model's config, or fail with one clear line."""
     from transformers import AutoConfig
@@ -127,7 +122,7 @@ def load_config(source: ModelSource, trust_remote_code: bool) -> Any:
     try:
         return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load model config from {source.path}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load model config from {source.path}: {one_line(exc)}") from exc
 
 
 def pick_dtype(name: str | None, device: str) -> Any:
@@ -183,7 +178,7 @@ def cuda_problem(index: int) -> str | None:
     try:
         torch.zeros(1, device=f"cuda:{index}")
     except RuntimeError as exc:
-        return f"CUDA device {index} does not work: {_one_line(exc)}"
+        return f"CUDA device {index} does not work: {one_line(exc)}"
     return None
 
 
@@ -202,11 +197,11 @@ def load_pretrained(source: ModelSource, trust_remote_code: bool = False, **kwar
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load tokenizer from {source.path}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load tokenizer from {source.path}: {one_line(exc)}") from exc
     try:
         model = auto.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load model weights from {source.path}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot load model weights from {source.path}: {one_line(exc)}") from exc
     model.eval()
     return model, tokenizer
 

@@ -23,7 +23,7 @@ COHORT_SLACK = 256
 class TransformersRunner:
     """Runs any Transformers causal or seq2seq LM; sequences join and leave the batch between steps."""
 
-    name = "hf_eager"
+    name: str  # each backend that runs on it names itself (a class attribute of its subclass)
 
     def __init__(self, model: Any, tokenizer: Any, model_name: str = "model") -> None:
         self.model = model

@@ -1,34 +1,77 @@
-"""Bounds on the sizes a request controls, checked on the JSON body before any other work.
+"""The server's bounds on one request: what it may ask for (Limits) and the sizes it controls
+(RequestBounds); their defaults are those of Settings, read from it rather than written again.
 
 Whatever a client sends within MAX_BODY_SIZE must cost the server time and memory linear in it, and
-no more than a setting allows: a request past a bound is answered 400, naming the field, before it
-is validated (100,000 messages took pydantic seconds on the event loop), tokenized, or sent to the
-engine thread. Fields of the wrong type are left to validation, which names them.
+no more than a setting allows: a request past a RequestBounds bound is answered 400, naming the
+field, before it is validated (100,000 messages took pydantic seconds on the event loop), tokenized,
+or sent to the engine thread. Fields of the wrong type are left to validation, which names them.
+The bounds of each sampling parameter's value are not here: `backends.engine.params.BOUNDS`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from handler.api.errors import APIError
+from handler.config import Settings
 
 if TYPE_CHECKING:
-    from handler.config import Settings
+    from backends.engine.params import SamplingParams
+
+_DEFAULT: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The most one request may ask for: max_tokens, n (and best_of), logprobs, tokens in all."""
+
+    max_tokens: int = _DEFAULT["completion_max_tokens"]
+    max_n: int = _DEFAULT["completion_max_n"]
+    max_logprobs: int = _DEFAULT["completion_max_logprobs"]
+    max_total_tokens: int = _DEFAULT["completion_max_total_tokens"]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_tokens=settings.completion_max_tokens,
+            max_n=settings.completion_max_n,
+            max_logprobs=settings.completion_max_logprobs,
+            max_total_tokens=settings.completion_max_total_tokens,
+        )
+
+    def tokens_per_sequence(self, num_prompts: int, params: SamplingParams) -> int:
+        """The most tokens each sequence may generate so the request stays within max_total_tokens."""
+        sequences = num_prompts * params.num_sequences
+        share = self.max_total_tokens // sequences
+        if share < 1:
+            raise APIError(
+                f"this request asks for {sequences} sequences; one request may generate at most "
+                f"{self.max_total_tokens} tokens (COMPLETION_MAX_TOTAL_TOKENS)",
+                param="n",
+            )
+        if params.max_tokens is not None and params.max_tokens > share:
+            raise APIError(
+                f"{sequences} sequence(s) of max_tokens={params.max_tokens} exceed the "
+                f"{self.max_total_tokens} tokens one request may generate (COMPLETION_MAX_TOTAL_TOKENS)",
+                param="max_tokens",
+            )
+        return share
 
 
 @dataclass(frozen=True, slots=True)
 class RequestBounds:
-    """The most of each size one request may ask for (defaults: those of Settings)."""
+    """The most of each size one request may ask for."""
 
-    max_stop_length: int = 1024
-    max_logit_bias: int = 1024
-    max_prompts: int = 32
-    max_prompt_tokens: int = 4096
-    max_messages: int = 1024
-    max_message_chars: int = 262_144
+    max_stop_length: int = _DEFAULT["completion_max_stop_length"]
+    max_logit_bias: int = _DEFAULT["completion_max_logit_bias"]
+    max_prompts: int = _DEFAULT["completion_max_prompts"]
+    max_prompt_tokens: int = _DEFAULT["completion_max_prompt"]
+    max_messages: int = _DEFAULT["chat_max_messages"]
+    max_message_chars: int = _DEFAULT["chat_max_chars"]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestBounds:

@@ -48,10 +48,6 @@ class NotFoundError(APIError):
     status_code = 404
 
 
-class MethodNotAllowedError(APIError):
-    status_code = 405
-
-
 class PayloadTooLargeError(APIError):
     status_code = 413
 
@@ -112,8 +108,13 @@ def from_validation_error(exc: ValidationError) -> APIError:
     return APIError(f"{first}: {message}" if first else message, param=first or None)
 
 
+def from_invalid_request(exc: InvalidRequestError) -> APIError:
+    """The 400 a deliberate client error stands for: its message, and its param and code as it carries them."""
+    return APIError(str(exc), param=exc.param, code=exc.code)
+
+
 def from_engine_error(exc: Exception) -> APIError:
-    """The API error that an engine error (or a SamplingParams ValueError) stands for."""
+    """The API error that an engine error stands for; anything else is a 500 (a bug, not the client's)."""
     if isinstance(exc, QueueFullError):
         retry_after = str(max(1, math.ceil(exc.retry_after)))
         return RateLimitError(str(exc), code="queue_full", headers={"Retry-After": retry_after})
@@ -122,12 +123,9 @@ def from_engine_error(exc: Exception) -> APIError:
     if isinstance(exc, GenerationError):
         return InternalError("generation failed; the request was not completed", code="generation_failed")
     if isinstance(exc, InvalidRequestError):
-        return APIError(str(exc), param=exc.param, code=exc.code)
-    if isinstance(exc, ValueError):
-        # SamplingParams.validate starts each message with the parameter's name.
-        name = str(exc).split(" ", 1)[0]
-        return APIError(str(exc), param=name if name.isidentifier() else None)
+        return from_invalid_request(exc)
     return InternalError("internal server error")
 
 
-ENGINE_ERRORS = (QueueFullError, EngineStoppedError, GenerationError, ValueError)
+# What the engine raises on purpose; any other exception (a ValueError included) is a bug: a 500.
+ENGINE_ERRORS = (QueueFullError, EngineStoppedError, GenerationError, InvalidRequestError)

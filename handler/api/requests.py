@@ -1,17 +1,21 @@
-"""Request bodies of the OpenAI API as strict pydantic models, and their conversion to SamplingParams."""
+"""Request bodies of the OpenAI API as strict pydantic models, and their conversion to SamplingParams.
+
+The range of each sampling parameter comes from `backends.engine.params.BOUNDS` (`_bounded`), the
+one table of them that the engine checks too; what this server allows on top is in `bounds.Limits`.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from backends.engine.params import MAX_TOP_K, MIN_DIVISOR, SamplingParams
+from backends.engine.params import BOUNDS, SamplingParams, check_best_of
 from backends.errors import InvalidRequestError
 from backends.grammar import GrammarSpec, from_response_format, from_structured_outputs
-from handler.api.errors import APIError
+from handler.api.bounds import Limits
+from handler.api.errors import APIError, from_invalid_request
 from handler.api.tools.plan import (
     DEFAULT_MAX_TOOLS_SIZE,
     FunctionCall,
@@ -24,11 +28,18 @@ from handler.api.tools.plan import (
 
 StopString = Annotated[str, Field(min_length=1)]
 TokenId = Annotated[int, Field(ge=0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 # Deeper than any real tool call; the chat template recurses into them.
 MAX_JSON_DEPTH = 32
-# Tokens one request may generate over all its prompts and choices: n x max_tokens at their defaults.
-DEFAULT_MAX_TOTAL_TOKENS = 4096 * 5
+
+
+def _bounded(name: str, upper: bool = True) -> Any:
+    """The pydantic constraint of the sampling parameter `name`, made from its entry in BOUNDS."""
+    bound = BOUNDS[name]
+    return Field(
+        gt=bound.low if bound.low_open else None,
+        ge=None if bound.low_open else bound.low,
+        le=bound.high if upper else None,
+    )
 
 
 class _Strict(BaseModel):
@@ -41,56 +52,27 @@ class StreamOptions(_Strict):
     include_usage: bool | None = False
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The server's bounds on what one request may ask for."""
-
-    max_tokens: int = 4096
-    max_n: int = 5
-    max_logprobs: int = 5
-    max_top_logprobs: int = 20
-    max_total_tokens: int = DEFAULT_MAX_TOTAL_TOKENS
-
-    def tokens_per_sequence(self, num_prompts: int, params: SamplingParams) -> int:
-        """The most tokens each sequence may generate so the request stays within max_total_tokens."""
-        sequences = num_prompts * params.num_sequences
-        share = self.max_total_tokens // sequences
-        if share < 1:
-            raise APIError(
-                f"this request asks for {sequences} sequences; one request may generate at most "
-                f"{self.max_total_tokens} tokens (COMPLETION_MAX_TOTAL_TOKENS)",
-                param="n",
-            )
-        if params.max_tokens is not None and params.max_tokens > share:
-            raise APIError(
-                f"{sequences} sequence(s) of max_tokens={params.max_tokens} exceed the "
-                f"{self.max_total_tokens} tokens one request may generate (COMPLETION_MAX_TOTAL_TOKENS)",
-                param="max_tokens",
-            )
-        return share
-
-
 class SamplingRequest(_Strict):
     """Fields shared by completions and chat completions; null means the default."""
 
     model_config = ConfigDict(strict=True, extra="allow")
 
     model: str | None = None
-    n: Annotated[int, Field(ge=1)] | None = 1
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = 0
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = 1.0
-    top_k: Annotated[int, Field(ge=-1, le=MAX_TOP_K)] | None = 0
-    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.0
+    n: Annotated[int, _bounded("n")] | None = 1
+    max_tokens: Annotated[int, _bounded("max_tokens")] | None = None
+    min_tokens: Annotated[int, _bounded("min_tokens")] | None = 0
+    temperature: Annotated[float, _bounded("temperature")] | None = 1.0
+    top_p: Annotated[float, _bounded("top_p")] | None = 1.0
+    top_k: Annotated[int, _bounded("top_k")] | None = 0
+    min_p: Annotated[float, _bounded("min_p")] | None = 0.0
     stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    presence_penalty: Penalty | None = 0.0
-    frequency_penalty: Penalty | None = 0.0
-    repetition_penalty: Annotated[float, Field(ge=MIN_DIVISOR, le=1 / MIN_DIVISOR)] | None = 1.0
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    presence_penalty: Annotated[float, _bounded("presence_penalty")] | None = 0.0
+    frequency_penalty: Annotated[float, _bounded("frequency_penalty")] | None = 0.0
+    repetition_penalty: Annotated[float, _bounded("repetition_penalty")] | None = 1.0
+    logit_bias: dict[str, Annotated[float, _bounded("logit_bias")]] | None = None
+    seed: Annotated[int, _bounded("seed")] | None = None
     user: str | None = None
     ignore_eos: bool | None = False
     # vLLM's extension: exactly one of json (a schema), regex, choice, grammar (Lark/GBNF), json_object.
@@ -161,10 +143,11 @@ class CompletionRequest(SamplingRequest):
     """POST /v1/completions."""
 
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
-    best_of: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, _bounded("max_tokens")] | None = 16
+    best_of: Annotated[int, _bounded("best_of")] | None = None
     echo: bool | None = False
-    logprobs: Annotated[int, Field(ge=0)] | None = None
+    # Past COMPLETION_MAX_LOGPROBS is refused by Limits, with a message naming the setting.
+    logprobs: Annotated[int, _bounded("logprobs", upper=False)] | None = None
     suffix: str | None = None
 
     def sampling_params(self, limits: Limits) -> SamplingParams:
@@ -180,10 +163,10 @@ class CompletionRequest(SamplingRequest):
             _limit("logprobs", self.logprobs, limits.max_logprobs)
             params.logprobs = self.logprobs
         if self.best_of is not None and self.best_of != params.n:
-            if self.best_of < params.n:
-                raise APIError(
-                    f"best_of must be >= n, got best_of={self.best_of} and n={params.n}", "best_of"
-                )
+            try:
+                check_best_of(params.n, self.best_of)
+            except InvalidRequestError as exc:
+                raise from_invalid_request(exc) from None
             if self.streaming:
                 raise APIError("best_of cannot be used with stream", param="best_of")
             _limit("best_of", self.best_of, limits.max_n)
@@ -260,9 +243,9 @@ class ChatCompletionRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, _bounded("max_tokens")] | None = None
     logprobs: bool | None = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, _bounded("logprobs")] | None = None
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
@@ -293,7 +276,6 @@ class ChatCompletionRequest(SamplingRequest):
             raise APIError("top_logprobs requires logprobs to be true", param="top_logprobs")
         if self.logprobs:
             params.logprobs = _or(self.top_logprobs, 0)
-            _limit("top_logprobs", params.logprobs, limits.max_top_logprobs)
         return params
 
 
@@ -340,7 +322,7 @@ def _spec(convert: Any, value: dict[str, Any] | None, param: str) -> GrammarSpec
     try:
         spec: GrammarSpec | None = convert(value, param)
     except InvalidRequestError as exc:
-        raise APIError(str(exc), param=exc.param or param) from None
+        raise from_invalid_request(exc) from None
     return spec
 
 

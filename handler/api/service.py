@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from handler.api.bounds import RequestBounds
+from handler.api.bounds import Limits, RequestBounds
 from handler.api.chat import ChatStream, chat_body
 from handler.api.choices import PromptState
 from handler.api.completions import CompletionStream, completion_body
@@ -32,7 +32,6 @@ from handler.api.prompts import Prompt, PromptBuilder
 from handler.api.requests import (
     ChatCompletionRequest,
     CompletionRequest,
-    Limits,
     SamplingRequest,
     check_json_values,
 )
@@ -61,12 +60,7 @@ class OpenAIService:
         self.model = model
         self.name = settings.served_model_name or model.info.name
         self.created = model.info.created or int(time.time())
-        self.limits = Limits(
-            max_tokens=settings.completion_max_tokens,
-            max_n=settings.completion_max_n,
-            max_logprobs=settings.completion_max_logprobs,
-            max_total_tokens=settings.completion_max_total_tokens,
-        )
+        self.limits = Limits.from_settings(settings)
         self.bounds = RequestBounds.from_settings(settings)
         self.log_prompts = settings.log_prompts
         self.prompts = PromptBuilder(
@@ -163,8 +157,8 @@ class OpenAIService:
         )
 
     def _submit(self, job: Job) -> Generation:
+        """Admit the job; the engine validates its params (SamplingParams.validate) as it admits them."""
         try:
-            job.params.validate(vocab_size=self.model.info.vocab_size)
             share = self.limits.tokens_per_sequence(len(job.prompts), job.params)
             if self.log_prompts:
                 for index, prompt in enumerate(job.prompts):

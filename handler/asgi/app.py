@@ -18,9 +18,10 @@ from starlette.routing import BaseRoute
 from handler import playground
 from handler.api.errors import APIError, InternalError, error_body
 from handler.asgi.auth import APIKeyMiddleware
+from handler.asgi.disconnect import ClientDisconnected
 from handler.asgi.limits import ClientLimitsMiddleware
 from handler.asgi.route_metrics import MetricsMiddleware
-from handler.asgi.routes import ROUTES, ClientDisconnected
+from handler.asgi.routes import ROUTES
 from handler.config import Settings, settings_from_env
 from handler.lifecycle import Loader, ServerState
 from handler.metrics import Metrics
@@ -56,7 +57,7 @@ def create_app(
             await asyncio.gather(loading, return_exceptions=True)
             await state.close()
 
-    routes = [*ROUTES, *playground.routes()] if playground.enabled() else ROUTES
+    routes = ROUTES if settings.no_playground else [*ROUTES, *playground.routes()]
     app = Starlette(
         routes=routes,
         middleware=_middleware(settings, state.metrics, routes),

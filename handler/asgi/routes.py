@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -17,14 +15,9 @@ from starlette.routing import Route
 from handler.api.errors import APIError, PayloadTooLargeError
 from handler.api.openapi import openapi_schema
 from handler.api.service import OpenAIService, Reply
+from handler.asgi.disconnect import ClientDisconnected, until_disconnect
 from handler.asgi.streaming import EventSourceResponse
 from handler.lifecycle import ServerState
-
-T = TypeVar("T")
-
-
-class ClientDisconnected(Exception):
-    """The client went away before its response was ready."""
 
 
 def server_state(request: Request) -> ServerState:
@@ -105,7 +98,7 @@ async def _generate(request: Request, create: Callable[[OpenAIService, Any], Awa
     state = server_state(request)
     service = state.service
     body = await read_json(request, state.settings.max_body_size)
-    reply = await _until_disconnect(request, create(service, body))
+    reply = await until_disconnect(request.receive, create(service, body))
     if isinstance(reply, BaseModel):
         return json_response(reply)
     return EventSourceResponse(reply, keepalive=state.settings.sse_keepalive)
@@ -136,30 +129,6 @@ def _too_large(limit: int) -> APIError:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (that aborts its generation)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ClientDisconnected()
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 ROUTES = [

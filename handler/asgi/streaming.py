@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from handler.api.events import sse_frames
+from handler.asgi.disconnect import wait_for_disconnect
 
 log = logging.getLogger("ladle")
 
@@ -54,7 +55,7 @@ class EventSourceResponse(Response):
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream)
-                await _wait_for_disconnect(receive)
+                await wait_for_disconnect(receive)
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -117,10 +118,3 @@ async def send_with_keepalive(
 
 def _failed(task: asyncio.Future[None]) -> bool:
     return task.done() and not task.cancelled() and task.exception() is not None
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return

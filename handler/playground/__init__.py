@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from starlette.exceptions import HTTPException
@@ -37,12 +35,6 @@ CONTENT_SECURITY_POLICY = (
 
 # Revalidate on every load so an upgraded server never runs a stale script.
 _CACHE = {"Cache-Control": "no-cache"}
-
-
-def enabled(environ: Mapping[str, str] | None = None) -> bool:
-    """False when NO_PLAYGROUND is set to anything but an empty string, 0, false, no or off."""
-    value = (os.environ if environ is None else environ).get("NO_PLAYGROUND", "")
-    return value.strip().lower() in {"", "0", "false", "no", "off"}
 
 
 async def index(request: Request) -> Response:
