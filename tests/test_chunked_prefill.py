@@ -152,3 +152,42 @@ def test_a_failing_prefix_copy_fails_that_request_alone() -> None:
     other = core.add_request([5, 6, 7], params)
     result = core.step()
     assert set(result.failures) == {hit} and [o.request_id for o in result.outputs] == [other]
+
+
+@pytest.mark.parametrize("when", ["waiting", "prefilling", "just_admitted_on_a_hit", "decoding"])
+def test_a_cancelled_request_gives_its_place_to_the_next_at_the_next_step(when: str) -> None:
+    """With every place taken, a request queued behind a cancelled one starts at the next step."""
+    backend = tiny_backend("llama")
+    prompt = _long_prompt(backend, 100)
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    # One place, or two with a stream decoding so that the long prompt is prefilled in chunks.
+    core = EngineCore(backend, max_batch_size=2 if when == "prefilling" else 1, prefill_chunk_tokens=CHUNK)
+    stream = core.add_request([5, 6, 7], params) if when == "prefilling" else None
+    if when == "just_admitted_on_a_hit":
+        core.add_request(prompt, SamplingParams(max_tokens=1))
+        while core.has_work():
+            core.step()
+    if stream is not None:
+        core.step()
+    victim = core.add_request(prompt, params)
+    queued = core.add_request([8, 9, 10], params)
+    if when != "waiting":
+        core.step()
+    if when == "prefilling":
+        assert core.prefiller.jobs and backend.staged
+    elif when == "just_admitted_on_a_hit":
+        assert core._requests[victim].cached_tokens == len(prompt) - 1 and core.num_running == 1
+    elif when == "decoding":
+        core.step()
+        assert core.num_running == 1
+    core.abort(victim)
+    produced = {o.request_id for o in core.step().outputs}
+    assert queued in produced  # admitted and prefilled in the step that dropped the cancelled one
+    assert victim not in core._requests and not backend.staged
+    held = {s.seq.seq_id for s in core._running}
+    assert {sid for b in backend.batches for sid in b.seq_ids} == held
+    for rid in (queued, stream):
+        if rid is not None:
+            core.abort(rid)
+    core.step()
+    assert not core.has_work() and backend.cached_tokens() == 0
