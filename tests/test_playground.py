@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ CHROMIUM_ARGS = [
 API_KEY = "pg-secret"
 # Tokens asked of the stopped answers: the tiny Llama's 1024-token context less a fresh prompt.
 LONG_ANSWER = 990
+STOP_STEPS = 20  # engine steps allowed at a time while a long answer is stopped
 
 
 # -- the routes, without a browser ------------------------------------------------------------
@@ -324,8 +326,21 @@ def test_chat_streams_an_answer_with_stats_and_token_alternatives(tab: Page, ser
     assert tab.errors == [] and tab.foreign == []
 
 
-def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, server: LiveServer) -> None:
+def test_stop_ends_a_long_generation_and_the_server_frees_it(
+    browser: Any, server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = server.model.engine
+    # The tiny model writes a long answer faster than a busy machine's browser can click Stop
+    # (the whole answer, once): the engine takes a step only with a permit, so the answer is
+    # still running when Stop lands, and nothing but the stop can free its place.
+    permits = threading.Semaphore(0)
+    step = engine.core.step
+
+    def gated_step() -> Any:
+        permits.acquire(timeout=30)  # a missing permit slows the server down, never wedges it
+        return step()
+
+    monkeypatch.setattr(engine.core, "step", gated_step)
     tab = Page(browser, server.url, viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     page = tab.open()
     open_params(page)
@@ -336,29 +351,7 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
     close_params(page)
     box = page.get_by_label("Message", exact=True)
     for stop_with in ("button", "Escape"):
-        steps_before = engine.steps
-        box.fill("Tell me a long story")
-        box.press("Enter")
-        answer = last_answer(page)
-        # A generous bound for a busy machine: the first tokens of a long run, not a speed.
-        first_tokens = stat(answer, "tokens").filter(has_text=re.compile(r"^([5-9]|\d\d+)$"))
-        expect(first_tokens.or_(answer.locator(".error"))).to_be_visible(timeout=90_000)
-        failed = answer.locator(".error").all_text_contents()
-        assert not failed, f"the {stop_with} run was refused: {failed}"
-        expect(answer).to_have_attribute("aria-busy", "true")  # still streaming
-        assert engine.num_running == 1
-        if stop_with == "button":
-            page.get_by_role("button", name="Stop").click()
-        else:
-            page.keyboard.press("Escape")
-        wait_done(answer)
-        expect(stat(answer, "finish")).to_have_text("stopped")
-        wait_until(
-            lambda: engine.num_running + engine.num_queued == 0, 10, "the stopped request kept running"
-        )
-        # Fewer steps than the tokens asked for: the stop, not the length, ended it.
-        assert engine.steps - steps_before < LONG_ANSWER
-        expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+        _stop_a_long_answer(page, engine, permits, stop_with)
         tab.screenshot("phone-chat-stopped")
         # How far a stopped answer got depends on the machine's load (hundreds of tokens on a busy
         # one): the next prompt must not carry it.
@@ -371,6 +364,7 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
     page.get_by_label("Ignore end of text", exact=False).uncheck()
     close_params(page)
     steps_before = engine.steps
+    permits.release(STOP_STEPS)
     box.fill("Short one")
     box.press("Enter")
     wait_done(last_answer(page))
@@ -379,6 +373,40 @@ def test_stop_ends_a_long_generation_and_the_server_frees_it(browser: Any, serve
     assert engine.steps - steps_before < 100
     assert tab.errors == []
     tab.context.close()
+
+
+def _stop_a_long_answer(page: Any, engine: Any, permits: threading.Semaphore, stop_with: str) -> None:
+    """Ask for a long answer, stop it (Stop button or Escape) while it streams, and see it freed."""
+    while permits.acquire(blocking=False):
+        pass  # the permits left by the last answer
+    steps_before = engine.steps
+    permits.release(STOP_STEPS)  # the prefill and the first tokens; then the engine waits
+    box = page.get_by_label("Message", exact=True)
+    box.fill("Tell me a long story")
+    box.press("Enter")
+    answer = last_answer(page)
+    # A generous bound for a busy machine: the first tokens of a long run, not a speed.
+    first_tokens = stat(answer, "tokens").filter(has_text=re.compile(r"^([5-9]|\d\d+)$"))
+    expect(first_tokens.or_(answer.locator(".error"))).to_be_visible(timeout=90_000)
+    failed = answer.locator(".error").all_text_contents()
+    assert not failed, f"the {stop_with} run was refused: {failed}"
+    expect(answer).to_have_attribute("aria-busy", "true")  # still streaming
+    assert engine.num_running == 1
+    if stop_with == "button":
+        page.get_by_role("button", name="Stop").click()
+    else:
+        page.keyboard.press("Escape")
+    wait_done(answer)
+    expect(stat(answer, "finish")).to_have_text("stopped")
+    requests = engine.core._requests
+    wait_until(
+        lambda: all(r.aborted for r in list(requests.values())), 30, "the stop never reached the engine"
+    )
+    # Steps enough to drop it, far too few to finish it: only the stop can free the place.
+    permits.release(STOP_STEPS)
+    wait_until(lambda: engine.num_running + engine.num_queued == 0, 30, "the stopped request kept running")
+    assert engine.steps - steps_before <= 2 * STOP_STEPS < LONG_ANSWER
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden()
 
 
 def test_completion_mode(browser: Any, server: LiveServer) -> None:
