@@ -11,6 +11,7 @@ from handler.api.errors import APIError
 from handler.api.requests import ChatCompletionRequest
 from handler.api.tools.grammar import call_schema, tool_grammar
 from handler.api.tools.plan import ToolPlan
+from handler.config import Settings
 from tests import tiny_tokenizers
 from tests.test_tools import TIME, USER, WEATHER, plan
 
@@ -57,7 +58,7 @@ def test_call_schema_moves_definitions_to_its_root() -> None:
             ],
         }
     )
-    result = request.tool_plan()
+    result = request.tool_plan(Settings().tool_max_schema_size)
     assert result is not None
     schema = call_schema(result.functions[0])
     assert schema["$defs"] == {"P": {"type": "integer"}} and "$defs" not in schema["properties"]["arguments"]

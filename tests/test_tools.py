@@ -13,6 +13,7 @@ from handler.api.requests import ChatCompletionRequest, ChatMessage
 from handler.api.tools.grammar import tool_grammar
 from handler.api.tools.plan import ToolPlan
 from handler.api.tools.prompt import TemplateSupport, fallback_instructions, with_tools
+from handler.config import Settings
 from tests import tiny_tokenizers
 from tests.tiny_models import CHAT_TEMPLATE
 
@@ -34,7 +35,9 @@ USER = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 def plan(**fields: Any) -> ToolPlan | None:
-    return ChatCompletionRequest.model_validate({"messages": USER, **fields}).tool_plan()
+    return ChatCompletionRequest.model_validate({"messages": USER, **fields}).tool_plan(
+        Settings().tool_max_schema_size
+    )
 
 
 def refused(**fields: Any) -> APIError:

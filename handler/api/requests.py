@@ -17,7 +17,6 @@ from backends.grammar import GrammarSpec, from_response_format, from_structured_
 from handler.api.bounds import Limits
 from handler.api.errors import APIError, from_invalid_request
 from handler.api.tools.plan import (
-    DEFAULT_MAX_TOOLS_SIZE,
     FunctionCall,
     FunctionDefinition,
     ToolChoice,
@@ -253,7 +252,7 @@ class ChatCompletionRequest(SamplingRequest):
     function_call: FunctionCall | None = None
     parallel_tool_calls: bool | None = None
 
-    def tool_plan(self, max_size: int = DEFAULT_MAX_TOOLS_SIZE) -> ToolPlan | None:
+    def tool_plan(self, max_size: int) -> ToolPlan | None:
         """The tools and what the request asks of them (legacy functions mapped); None without tools."""
         return plan_tools(
             self.tools,

@@ -18,7 +18,6 @@ from handler.api.errors import APIError
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 # OpenAI accepts at most 128 tools in one request.
 MAX_TOOLS = 128
-DEFAULT_MAX_TOOLS_SIZE = 32 * 1024
 
 Choice = Literal["none", "auto", "required"]
 
@@ -115,7 +114,8 @@ def plan_tools(
     parallel_tool_calls: bool | None,
     functions: list[FunctionDefinition] | None = None,
     function_call: FunctionCall | None = None,
-    max_size: int = DEFAULT_MAX_TOOLS_SIZE,
+    *,
+    max_size: int,
 ) -> ToolPlan | None:
     """Check the tool fields of a chat request; None when it declares no tools."""
     if functions is not None and tools is not None:
