@@ -86,9 +86,8 @@ class AsyncEngine:
     async def start(self) -> None:
         """Start the engine loop in the current event loop."""
         if self._task is None or self._task.done():
-            warm_up = getattr(self.core.backend, "warm_up", None)
-            if callable(warm_up):  # CUDA graphs belong to the thread that captured them: the step thread
-                await asyncio.get_running_loop().run_in_executor(self._executor, warm_up)
+            # CUDA graphs belong to the thread that captured them: the step thread.
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.core.backend.warm_up)
             # The grammar engine's index of the vocabulary (about a second for a 50k vocabulary)
             # is built now, beside the engine, so the first structured request does not wait.
             asyncio.get_running_loop().run_in_executor(None, self.core.grammars.prepare)

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence as Seqs
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +26,7 @@ from backends.engine.prefill import Prefiller, token_logprob
 from backends.engine.prefix_cache import PrefixCacheStats
 from backends.engine.sampler import Sampler
 from backends.engine.scheduler import check_request, make_sequences
-from backends.engine.sequence import Request, Sequence
+from backends.engine.state import ChoiceState, Request
 from backends.engine.step_clock import StepLoad
 from backends.errors import EngineStoppedError, GenerationError, InvalidRequestError, QueueFullError
 from backends.grammar import GrammarCompiler
@@ -73,7 +73,7 @@ class EngineCore:
         self._lock = threading.Lock()
         self._waiting: deque[Request] = deque()
         self._requests: dict[str, Request] = {}
-        self._running: list[Sequence] = []
+        self._running: list[ChoiceState] = []
         self._next_seq_id = 0
         self.accepting = True
         self.step_load = StepLoad()  # what the step in flight does, for a stall report
@@ -100,7 +100,7 @@ class EngineCore:
         return cache.stats if cache is not None else None
 
     def add_request(
-        self, prompt_ids: Seqs[int], params: SamplingParams, request_id: str | None = None
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None = None
     ) -> str:
         """Validate and queue a request; raises at once if it cannot be served."""
         prompt = check_request(self.info, self.max_batch_size, list(prompt_ids), params)
@@ -190,7 +190,7 @@ class EngineCore:
         done = self.prefiller.run(decoding=bool(self._running))
         for request, exc in done.failed:
             self._fail([request], exc, result)
-        rows: list[Sequence] = []
+        rows: list[ChoiceState] = []
         row_logits: list[torch.Tensor] = []
         for request, logits in done.ready:
             try:
@@ -207,7 +207,7 @@ class EngineCore:
             self._running.extend(rows)
             self._sample(torch.stack(row_logits), rows, touched)
 
-    def _decode(self, decoding: list[Sequence], result: StepResult, touched: dict[str, Request]) -> None:
+    def _decode(self, decoding: list[ChoiceState], result: StepResult, touched: dict[str, Request]) -> None:
         try:
             logits = self.backend.decode([s.seq for s in decoding])  # [B, V]
             self._sample(logits, decoding, touched)
@@ -227,7 +227,7 @@ class EngineCore:
             )
             self._requests.pop(request.request_id, None)
 
-    def _release(self, seqs: list[Sequence]) -> None:
+    def _release(self, seqs: list[ChoiceState]) -> None:
         gone = set(map(id, seqs))
         self._running = [s for s in self._running if id(s) not in gone]
         try:
@@ -237,13 +237,13 @@ class EngineCore:
             self.backend.release([s.seq for s in self._running])
             raise
 
-    def _sample(self, logits: torch.Tensor, rows: list[Sequence], touched: dict[str, Request]) -> None:
+    def _sample(self, logits: torch.Tensor, rows: list[ChoiceState], touched: dict[str, Request]) -> None:
         result = self.sampler(logits, rows, grammar_mask(rows, lambda: self.grammars.tokenizer))
         for i, s in enumerate(rows):
             touched[s.request.request_id] = s.request
             self._advance(s, result.token_ids[i], result.logprobs[i], result.top_logprobs[i])
 
-    def _advance(self, s: Sequence, token: int, logprob: float, top: list[tuple[int, float]]) -> None:
+    def _advance(self, s: ChoiceState, token: int, logprob: float, top: list[tuple[int, float]]) -> None:
         s.append(token)
         s.cumulative_logprob += logprob
         if s.params.logprobs is not None:
@@ -262,7 +262,7 @@ class EngineCore:
         elif len(s.output_ids) >= s.max_tokens:
             self._close(s, "length")
 
-    def _close(self, s: Sequence, reason: str) -> None:
+    def _close(self, s: ChoiceState, reason: str) -> None:
         text, stopped = s.stopper.feed(s.detokenizer.flush())
         if not stopped:
             text += s.stopper.flush()  # flush may still find a stop that a longer one was masking

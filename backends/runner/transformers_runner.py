@@ -210,6 +210,9 @@ class TransformersRunner:
         ids = torch.tensor([list(token_ids)], device=self.device)
         return self.model(input_ids=ids, use_cache=False).logits[0]  # [S, V]
 
+    def warm_up(self) -> None:
+        """Nothing to prepare: the eager decode step runs as it is (backends that compile it override this)."""
+
     # -- prefill paths --------------------------------------------------------------------------
 
     def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
