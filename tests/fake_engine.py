@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from backends.engine.contract import ModelInfo
 from backends.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob, TopLogprob
 from backends.engine.params import SamplingParams
+from backends.engine.steps import StepResult
 from backends.errors import (
     ContextLengthError,
     EngineStoppedError,
@@ -62,6 +63,7 @@ class FakeStream:
         self.params = params
         self.aborted = False
         self.done = False
+        self.held = 0  # KV cache positions its unfinished choices would hold: prompt + tokens each
 
     def abort(self) -> None:
         if not self.done:
@@ -85,6 +87,8 @@ class FakeStream:
                 if fail and step == 2:
                     raise GenerationError("injected failure")
                 deltas = [self._advance(c, len(choices)) for c in choices if c.finish_reason is None]
+                live = [c for c in choices if c.finish_reason is None]
+                self.held = sum(len(self.prompt) + len(c.tokens) for c in live)
                 finished = all(c.finish_reason is not None for c in choices)
                 output = RequestOutput(self.request_id, len(self.prompt), deltas, finished)
                 if step == 0 and self.params.echo and self.params.logprobs is not None:
@@ -167,6 +171,9 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.started = False
         self._next_id = 0
+        self.observers: list[Callable[[StepResult], None]] = []  # kept, never called: no steps here
+        self.step_age = 0.0  # never wedged
+        self.prefix_cache = None
 
     @property
     def num_running(self) -> int:
@@ -175,6 +182,13 @@ class FakeEngine:
     @property
     def num_queued(self) -> int:
         return max(0, len(self.active) - self.max_batch_size)
+
+    @property
+    def kv_tokens(self) -> int:
+        return sum(stream.held for stream in self.active.values())
+
+    def subscribe(self, observer: Callable[[StepResult], None]) -> None:
+        self.observers.append(observer)
 
     async def start(self) -> None:
         self.started = True

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from backends.engine.async_engine import AsyncEngine
-from backends.engine.core import EngineCore, StepResult
+from backends.engine.core import EngineCore
 from backends.engine.params import SamplingParams
+from backends.engine.steps import StepResult
 from backends.errors import ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
 from tests.fake_backend import FakeBackend, count_up
 

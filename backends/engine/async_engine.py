@@ -8,10 +8,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from backends.engine.core import EngineCore, StepResult
+from backends.engine.core import EngineCore
 from backends.engine.outputs import RequestOutput
 from backends.engine.params import SamplingParams
+from backends.engine.prefix_cache import PrefixCacheStats
 from backends.engine.step_clock import Stall, StepClock
+from backends.engine.steps import StepObserver, StepResult
 from backends.errors import EngineStoppedError
 from backends.grammar import GrammarCompiler
 
@@ -73,6 +75,20 @@ class AsyncEngine:
     @property
     def num_queued(self) -> int:
         return self.core.num_queued
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV cache positions held after the last step (an estimate where the backend has no count)."""
+        return self.core.kv_tokens
+
+    @property
+    def prefix_cache(self) -> PrefixCacheStats | None:
+        """The prefix cache's counters and size, or None when it is off."""
+        return self.core.prefix_cache
+
+    def subscribe(self, observer: StepObserver) -> None:
+        """Call `observer` with the result of every step, on the step thread (backends/engine/steps.py)."""
+        self.core.subscribe(observer)
 
     @property
     def grammars(self) -> GrammarCompiler:

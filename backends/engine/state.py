@@ -78,6 +78,7 @@ class Request:
     prompt_logprobs_sent: bool = False
     grammar: CompiledGrammar | None = None  # the compiled params.grammar
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    last_output: float | None = None  # when its last output with tokens was made (time.monotonic)
 
     @property
     def finished(self) -> bool:
