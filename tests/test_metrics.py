@@ -106,6 +106,7 @@ def test_queue_depth_and_cache_use_while_requests_wait() -> None:
         assert value(during, "ladle_running_sequences") == 1
         assert value(during, "ladle_requests_in_flight") == 2
         assert value(during, "ladle_kv_cache_tokens") > 0
+        assert value(during, "ladle_time_to_first_token_seconds_count") == 2  # the fake's outputs count too
         assert 0 < value(during, "ladle_kv_cache_usage_ratio") <= 1
 
         def settled() -> bool:
