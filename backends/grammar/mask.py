@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from backends.engine.sampler import Mask
+from backends.engine.rows import Mask
 from backends.grammar.llg import GrammarMatcher, GrammarTokenizer
 
 # Bit j of an int32 word, the sign bit included: token 32w + j is bit j of word w.
