@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from backends.engine.rows import Mask, SamplingRow, column, index_tensor, padded
+from backends.engine.rows import SamplingRow, column, index_tensor, padded
+from backends.grammar.mask import Mask
 
 _NEG_INF = float("-inf")
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 import torch
 
 from backends.engine.params import SamplingParams
-
-Mask = Callable[[torch.Tensor], None]  # masks a float32 [B, V] in place (the grammar step)
 
 
 class SamplingRow(Protocol):

@@ -48,7 +48,8 @@ import torch
 from backends.engine.draw import sample
 from backends.engine.logits_processors import adjust
 from backends.engine.params import SamplingParams
-from backends.engine.rows import Mask, SamplingRow, index_tensor
+from backends.engine.rows import SamplingRow, index_tensor
+from backends.grammar.mask import Mask
 
 __all__ = ["Mask", "SampleResult", "Sampler", "SamplingRow", "make_generator", "wants_logprobs"]
 
