@@ -151,8 +151,8 @@ class ServerState:
             model.engine.stall_timeout = self.settings.engine_stall_timeout
             log.info("model loaded in %.1f s; starting the engine", time.monotonic() - started)
             await model.engine.start()
-            served = self.metrics.watch(model, self.settings.max_batch_size)
-            self._service = OpenAIService(served, self.settings)
+            self.metrics.watch(model, self.settings.max_batch_size)
+            self._service = OpenAIService(model, self.settings)
             log.info(
                 "ready %.1f s after the load began: serving %s",
                 time.monotonic() - started,

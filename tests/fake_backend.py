@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ class FakeBackend:
         self.script = script
         self.rows: dict[int, list[int]] = {}
         self.calls: list[tuple[str, list[int]]] = []
+        self.warmed_on: list[str] = []  # the thread of each warm_up call
         self.fail_on: int | None = None  # a seq id whose presence makes a forward raise
 
     def _logits(self, seqs: Sequence[Seq]) -> torch.Tensor:
@@ -65,6 +67,10 @@ class FakeBackend:
         self.calls.append(("release", [s.seq_id for s in seqs]))
         for s in seqs:
             self.rows.pop(s.seq_id, None)
+
+    def warm_up(self) -> None:
+        self.calls.append(("warm_up", []))
+        self.warmed_on.append(threading.current_thread().name)
 
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:
         return torch.stack(

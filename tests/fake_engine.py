@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from backends.engine.contract import ModelInfo
 from backends.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob, TopLogprob
 from backends.engine.params import SamplingParams
+from backends.engine.steps import StepResult, StepStats
 from backends.errors import (
     ContextLengthError,
     EngineStoppedError,
@@ -62,6 +64,9 @@ class FakeStream:
         self.params = params
         self.aborted = False
         self.done = False
+        self.held = 0  # KV cache positions its unfinished choices would hold: prompt + tokens each
+        self.submitted = time.monotonic()
+        self.last_output: float | None = None
 
     def abort(self) -> None:
         if not self.done:
@@ -85,6 +90,8 @@ class FakeStream:
                 if fail and step == 2:
                     raise GenerationError("injected failure")
                 deltas = [self._advance(c, len(choices)) for c in choices if c.finish_reason is None]
+                live = [c for c in choices if c.finish_reason is None]
+                self.held = sum(len(self.prompt) + len(c.tokens) for c in live)
                 finished = all(c.finish_reason is not None for c in choices)
                 output = RequestOutput(self.request_id, len(self.prompt), deltas, finished)
                 if step == 0 and self.params.echo and self.params.logprobs is not None:
@@ -92,6 +99,7 @@ class FakeStream:
                 step += 1
                 if finished:
                     self._leave()
+                self.engine.notify(self, output)
                 yield output
         finally:
             # Leaving the iteration early is an abort, as with the real RequestStream.
@@ -167,6 +175,9 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.started = False
         self._next_id = 0
+        self.observers: list[Callable[[StepResult], None]] = []  # told of every output, as of a step
+        self.step_age = 0.0  # never wedged
+        self.prefix_cache = None
 
     @property
     def num_running(self) -> int:
@@ -175,6 +186,27 @@ class FakeEngine:
     @property
     def num_queued(self) -> int:
         return max(0, len(self.active) - self.max_batch_size)
+
+    @property
+    def kv_tokens(self) -> int:
+        return sum(stream.held for stream in self.active.values())
+
+    def subscribe(self, observer: Callable[[StepResult], None]) -> None:
+        self.observers.append(observer)
+
+    def notify(self, stream: FakeStream, output: RequestOutput) -> None:
+        """Tell the observers of one output as the real engine tells them of a step that made it."""
+        now = time.monotonic()
+        tokens = sum(len(choice.token_ids) for choice in output.choices)
+        stats = StepStats(batch_size=len(output.choices), generation_tokens=tokens, kv_tokens=self.kv_tokens)
+        if stream.last_output is None:
+            stats.time_to_first_token.append(now - stream.submitted)
+            stats.prompt_tokens = output.prompt_tokens
+        else:
+            stats.inter_token_latency.append(now - stream.last_output)
+        stream.last_output = now
+        for observer in self.observers:
+            observer(StepResult([output], stats=stats))
 
     async def start(self) -> None:
         self.started = True

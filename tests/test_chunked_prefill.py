@@ -10,7 +10,7 @@ import pytest
 from backends.engine.core import EngineCore
 from backends.engine.params import SamplingParams
 from backends.engine.prefill import prompt_logprobs
-from backends.engine.sequence import Request
+from backends.engine.state import Request
 from tests.test_hf_bettertransformer import fast_backend
 from tests.tiny_models import tiny_backend
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from backends.engine.async_engine import AsyncEngine
-from backends.engine.core import EngineCore, StepResult
+from backends.engine.core import EngineCore
 from backends.engine.params import SamplingParams
+from backends.engine.steps import StepResult
 from backends.errors import ContextLengthError, GenerationError, InvalidRequestError, QueueFullError
 from tests.fake_backend import FakeBackend, count_up
 
@@ -245,6 +246,8 @@ async def test_async_engine_streams_and_cancels() -> None:
     engine = AsyncEngine(EngineCore(backend, max_batch_size=4))
     await engine.start()
     try:
+        # warmed up once, before serving, on the thread that runs the steps (CUDA graphs need it)
+        assert len(backend.warmed_on) == 1 and backend.warmed_on[0].startswith("ladle-step")
         got = [
             t
             async for out in engine.submit([10], greedy(max_tokens=3))

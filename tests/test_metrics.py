@@ -10,7 +10,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from backends.engine.steps import StepResult, StepStats
 from handler.config import Settings
+from handler.metrics import Metrics
 from handler.model import load_served_model
 from tests.conftest_http import LiveServer, live_server, wait_until
 from tests.fake_engine import fake_loader
@@ -104,6 +106,7 @@ def test_queue_depth_and_cache_use_while_requests_wait() -> None:
         assert value(during, "ladle_running_sequences") == 1
         assert value(during, "ladle_requests_in_flight") == 2
         assert value(during, "ladle_kv_cache_tokens") > 0
+        assert value(during, "ladle_time_to_first_token_seconds_count") == 2  # the fake's outputs count too
         assert 0 < value(during, "ladle_kv_cache_usage_ratio") <= 1
 
         def settled() -> bool:
@@ -112,3 +115,24 @@ def test_queue_depth_and_cache_use_while_requests_wait() -> None:
             return all(value(samples, name) == 0 for name in names)
 
         wait_until(settled, 60, "the gauges did not return to 0 after the clients left")
+
+
+def test_each_engine_step_is_counted_from_its_stats() -> None:
+    """Metrics subscribe to the engine's steps (no wrapper around the engine): a step's stats move them."""
+    metrics = Metrics()
+    stats = StepStats(
+        batch_size=3,
+        prompt_tokens=7,
+        generation_tokens=3,
+        time_to_first_token=[0.5, 0.25],
+        inter_token_latency=[0.02],
+    )
+    metrics.observe_step(StepResult(stats=stats))
+    metrics.observe_step(StepResult())  # a step that produced nothing counts nothing
+    sample = metrics.registry.get_sample_value
+    assert sample("ladle_batch_size_count") == 1 and sample("ladle_batch_size_sum") == 3
+    assert sample("ladle_prompt_tokens_total") == 7
+    assert sample("ladle_generation_tokens_total") == 3
+    assert sample("ladle_time_to_first_token_seconds_count") == 2
+    assert sample("ladle_time_to_first_token_seconds_sum") == 0.75
+    assert sample("ladle_inter_token_latency_seconds_count") == 1

@@ -18,7 +18,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from backends.engine import sampler as sampler_mod
+from backends.engine import draw as draw_mod
 from backends.engine.params import SamplingParams
 from backends.engine.sampler import Sampler, SampleResult, make_generator, wants_logprobs
 
@@ -56,7 +56,7 @@ def fixed_uniforms(monkeypatch: pytest.MonkeyPatch, *us: float) -> None:
     def fake(rows: Sequence[object], device: torch.device) -> torch.Tensor:
         return torch.tensor(us[: len(rows)], dtype=torch.float32, device=device)
 
-    monkeypatch.setattr(sampler_mod, "_uniforms", fake)
+    monkeypatch.setattr(draw_mod, "_uniforms", fake)
 
 
 def picks(monkeypatch: pytest.MonkeyPatch, logits: torch.Tensor, r: Row, us: Sequence[float]) -> list[int]:
@@ -230,7 +230,7 @@ def test_at_least_the_most_likely_token_is_kept(monkeypatch: pytest.MonkeyPatch)
 def test_truncation_matches_transformers_warpers(kw: dict[str, float]) -> None:
     params = SamplingParams(**kw)  # type: ignore[arg-type]
     logits = torch.randn(4, 64, generator=torch.Generator().manual_seed(3)) * 2
-    vals, order = sampler_mod._truncate(logits / params.temperature, [params] * 4)
+    vals, order = draw_mod._truncate(logits / params.temperature, [params] * 4)
     scores = TemperatureLogitsWarper(params.temperature)(NO_IDS, logits.clone())
     if params.top_k > 0:
         scores = TopKLogitsWarper(params.top_k)(NO_IDS, scores)
@@ -246,7 +246,7 @@ def test_truncation_matches_transformers_warpers(kw: dict[str, float]) -> None:
 
 def test_inverse_cdf_never_lands_on_a_zero_probability_token() -> None:
     probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.5, 0.0, 0.5, 0.0], [0.0, 0.3, 0.0, 0.7]])
-    pos = sampler_mod._inverse_cdf(probs, torch.tensor([1.0, 0.5, 0.0]))
+    pos = draw_mod._inverse_cdf(probs, torch.tensor([1.0, 0.5, 0.0]))
     assert pos.tolist() == [1, 2, 1]
 
 
@@ -429,7 +429,7 @@ def test_rejects_mismatched_logits_and_accepts_an_empty_batch() -> None:
 @pytest.mark.parametrize("candidates", [4, 16, 64])
 def test_candidate_cut_equals_the_full_sort(monkeypatch: pytest.MonkeyPatch, candidates: int) -> None:
     """Cutting to the top candidates before sorting never changes the kept distribution."""
-    import backends.engine.sampler as sampler_module
+    import backends.engine.draw as draw_module
 
     gen = torch.Generator().manual_seed(candidates)
     x = torch.randn(8, 300, generator=gen) * torch.linspace(0.5, 6.0, 8).unsqueeze(1)  # flat to peaked rows
@@ -445,12 +445,12 @@ def test_candidate_cut_equals_the_full_sort(monkeypatch: pytest.MonkeyPatch, can
     ]
 
     def distribution() -> torch.Tensor:
-        cut, order = sampler_module._truncate(x, params)
+        cut, order = draw_module._truncate(x, params)
         dist = torch.zeros_like(x)
         return dist.scatter_add_(1, order, torch.softmax(cut, dim=-1))  # [R, V] by token id
 
     full = distribution()
-    monkeypatch.setattr(sampler_module, "_CANDIDATES", candidates)
+    monkeypatch.setattr(draw_module, "_CANDIDATES", candidates)
     assert torch.allclose(distribution(), full, atol=1e-6)
 
 

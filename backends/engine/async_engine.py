@@ -8,10 +8,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from backends.engine.core import EngineCore, StepResult
+from backends.engine.core import EngineCore
 from backends.engine.outputs import RequestOutput
 from backends.engine.params import SamplingParams
+from backends.engine.prefix_cache import PrefixCacheStats
 from backends.engine.step_clock import Stall, StepClock
+from backends.engine.steps import StepObserver, StepResult
 from backends.errors import EngineStoppedError
 from backends.grammar import GrammarCompiler
 
@@ -75,6 +77,20 @@ class AsyncEngine:
         return self.core.num_queued
 
     @property
+    def kv_tokens(self) -> int:
+        """KV cache positions held after the last step (an estimate where the backend has no count)."""
+        return self.core.kv_tokens
+
+    @property
+    def prefix_cache(self) -> PrefixCacheStats | None:
+        """The prefix cache's counters and size, or None when it is off."""
+        return self.core.prefix_cache
+
+    def subscribe(self, observer: StepObserver) -> None:
+        """Call `observer` with the result of every step, on the step thread (backends/engine/steps.py)."""
+        self.core.subscribe(observer)
+
+    @property
     def grammars(self) -> GrammarCompiler:
         """Compiles response_format / structured_outputs constraints (await `compile_async`)."""
         return self.core.grammars
@@ -86,9 +102,8 @@ class AsyncEngine:
     async def start(self) -> None:
         """Start the engine loop in the current event loop."""
         if self._task is None or self._task.done():
-            warm_up = getattr(self.core.backend, "warm_up", None)
-            if callable(warm_up):  # CUDA graphs belong to the thread that captured them: the step thread
-                await asyncio.get_running_loop().run_in_executor(self._executor, warm_up)
+            # CUDA graphs belong to the thread that captured them: the step thread.
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.core.backend.warm_up)
             # The grammar engine's index of the vocabulary (about a second for a 50k vocabulary)
             # is built now, beside the engine, so the first structured request does not wait.
             asyncio.get_running_loop().run_in_executor(None, self.core.grammars.prepare)

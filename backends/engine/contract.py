@@ -8,7 +8,7 @@ for every backend.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ class Seq:
     seq_id: int
     token_ids: list[int]
     encoder_ids: list[int] | None = None
-    backend_state: object = field(default=None, repr=False)
 
 
 @runtime_checkable
@@ -100,6 +99,11 @@ class Backend(Protocol):
 
     def score(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Logits at every position of a prompt, without a cache: [len(token_ids), vocab]."""
+        ...
+
+    def warm_up(self) -> None:
+        """Prepare the decode step before serving (compile it, capture its CUDA graphs); a no-op
+        where nothing needs preparing. The engine calls it once, on the thread that runs its steps."""
         ...
 
 

@@ -4,7 +4,8 @@ One `step()` runs one decode forward over every running sequence of every reques
 gains one token), then spends a token budget on the prompts of admitted requests (prefill.py:
 chunks, prefix cache). Sequences that finish or are cancelled leave at once and free their
 cache rows; a finished sequence leaves its KV in the prefix cache first. Admission rules are
-in scheduler.py.
+in scheduler.py; what a sampled token does to its choice in advance.py. Observers subscribed with
+`subscribe` hear of every step (steps.py).
 """
 
 from __future__ import annotations
@@ -14,20 +15,20 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence as Seqs
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import torch
 
+from backends.engine.advance import advance
 from backends.engine.contract import Backend, StagedBackend
-from backends.engine.outputs import RequestOutput, TokenLogprob
 from backends.engine.params import SamplingParams
-from backends.engine.prefill import Prefiller, token_logprob
+from backends.engine.prefill import Prefiller
 from backends.engine.prefix_cache import PrefixCacheStats
 from backends.engine.sampler import Sampler
 from backends.engine.scheduler import check_request, make_sequences
-from backends.engine.sequence import Request, Sequence
+from backends.engine.state import ChoiceState, Request
 from backends.engine.step_clock import StepLoad
+from backends.engine.steps import StepObserver, StepResult, count_outputs, request_output
 from backends.errors import EngineStoppedError, GenerationError, InvalidRequestError, QueueFullError
 from backends.grammar import GrammarCompiler
 from backends.grammar.mask import grammar_mask
@@ -38,14 +39,6 @@ log = logging.getLogger("ladle.engine")
 # a 128-token chunk costs about as much as two decode steps of 8 streams (README, "Chunked prefill").
 DEFAULT_PREFILL_CHUNK = 128
 DEFAULT_PREFIX_CACHE_TOKENS = 16384
-
-
-@dataclass(slots=True)
-class StepResult:
-    """What one step produced: outputs per request, and requests that failed."""
-
-    outputs: list[RequestOutput] = field(default_factory=list)
-    failures: dict[str, Exception] = field(default_factory=dict)
 
 
 class EngineCore:
@@ -73,13 +66,14 @@ class EngineCore:
         self._lock = threading.Lock()
         self._waiting: deque[Request] = deque()
         self._requests: dict[str, Request] = {}
-        self._running: list[Sequence] = []
+        self._running: list[ChoiceState] = []
         self._constrained = 0  # running sequences with a grammar: none, and decode scans no row for one
         self._next_seq_id = 0
         self.accepting = True
         self.step_load = StepLoad()  # what the step in flight does, for a stall report
         self.prefiller = Prefiller(backend, prefill_chunk_tokens, prefix_cache_tokens)
         self.kv_tokens = 0  # cache positions the backend holds, read after each step
+        self._observers: list[StepObserver] = []
 
     # -- admission (any thread) -----------------------------------------------------------------
 
@@ -101,7 +95,7 @@ class EngineCore:
         return cache.stats if cache is not None else None
 
     def add_request(
-        self, prompt_ids: Seqs[int], params: SamplingParams, request_id: str | None = None
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None = None
     ) -> str:
         """Validate and queue a request; raises at once if it cannot be served."""
         prompt = check_request(self.info, self.max_batch_size, list(prompt_ids), params)
@@ -126,10 +120,15 @@ class EngineCore:
             if request is not None:
                 request.aborted = True
 
+    def subscribe(self, observer: StepObserver) -> None:
+        """Call `observer` with the result of every step from now on (see steps.py)."""
+        self._observers.append(observer)
+
     # -- the step (one thread at a time) --------------------------------------------------------
 
     def step(self) -> StepResult:
         """Decode once, admit, prefill under the step's budget, and return what every touched request produced."""
+        started = time.monotonic()
         result = StepResult()
         self._drop_aborted(result)
         touched: dict[str, Request] = {}
@@ -145,9 +144,24 @@ class EngineCore:
             self.step_load = StepLoad(self.step_load.decoding, len(self.prefiller.jobs), tokens)
             self._prefill(result, touched)
         self._finish(touched, result)
-        if isinstance(self.backend, StagedBackend):
-            self.kv_tokens = self.backend.cached_tokens()
+        self._report(result, time.monotonic() - started)
         return result
+
+    def _cached_tokens(self) -> int:
+        """Cache positions held: the backend's count, else prompt plus output of each running choice."""
+        if self.prefiller.staging and isinstance(self.backend, StagedBackend):
+            return self.backend.cached_tokens()
+        return sum(len(s.prompt_ids) + len(s.output_ids) for s in self._running)
+
+    def _report(self, result: StepResult, seconds: float) -> None:
+        """Complete the step's stats (cache held, duration) and tell the observers."""
+        self.kv_tokens = self._cached_tokens()
+        result.stats.kv_tokens, result.stats.seconds = self.kv_tokens, seconds
+        for observer in self._observers:
+            try:
+                observer(result)
+            except Exception:  # an observer's bug must not fail the requests of the step
+                log.exception("a step observer failed")
 
     def _drop_aborted(self, result: StepResult) -> None:
         with self._lock:
@@ -191,7 +205,7 @@ class EngineCore:
         done = self.prefiller.run(decoding=bool(self._running))
         for request, exc in done.failed:
             self._fail([request], exc, result)
-        rows: list[Sequence] = []
+        rows: list[ChoiceState] = []
         row_logits: list[torch.Tensor] = []
         for request, logits in done.ready:
             try:
@@ -209,7 +223,7 @@ class EngineCore:
             self._constrained += sum(s.matcher is not None for s in rows)
             self._sample(torch.stack(row_logits), rows, touched)
 
-    def _decode(self, decoding: list[Sequence], result: StepResult, touched: dict[str, Request]) -> None:
+    def _decode(self, decoding: list[ChoiceState], result: StepResult, touched: dict[str, Request]) -> None:
         try:
             logits = self.backend.decode([s.seq for s in decoding])  # [B, V]
             self._sample(logits, decoding, touched, constrained=self._constrained > 0)
@@ -229,7 +243,7 @@ class EngineCore:
             )
             self._requests.pop(request.request_id, None)
 
-    def _release(self, seqs: list[Sequence]) -> None:
+    def _release(self, seqs: list[ChoiceState]) -> None:
         gone = set(map(id, seqs))
         self._constrained -= sum(s.matcher is not None for s in self._running if id(s) in gone)
         self._running = [s for s in self._running if id(s) not in gone]
@@ -243,7 +257,7 @@ class EngineCore:
     def _sample(
         self,
         logits: torch.Tensor,
-        rows: list[Sequence],
+        rows: list[ChoiceState],
         touched: dict[str, Request],
         constrained: bool = True,
     ) -> None:
@@ -251,62 +265,20 @@ class EngineCore:
         result = self.sampler(logits, rows, mask)
         for i, s in enumerate(rows):
             touched[s.request.request_id] = s.request
-            self._advance(s, result.token_ids[i], result.logprobs[i], result.top_logprobs[i])
-
-    def _advance(self, s: Sequence, token: int, logprob: float, top: list[tuple[int, float]]) -> None:
-        s.append(token)
-        s.cumulative_logprob += logprob
-        if s.params.logprobs is not None:
-            s.delta_logprobs.append(self._token_logprob(token, logprob, top))
-        params = s.params
-        ended = None if s.matcher is None else s.matcher.advance(token)  # "stop" once the grammar is complete
-        if (token in self.info.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
-            self._close(s, ended or "stop")
-            return
-        text, stopped = s.stopper.feed(s.detokenizer.add(token))
-        s.delta_text += text
-        if stopped:
-            s.finish_reason = "stop"
-        elif ended is not None:
-            self._close(s, ended)
-        elif len(s.output_ids) >= s.max_tokens:
-            self._close(s, "length")
-
-    def _close(self, s: Sequence, reason: str) -> None:
-        text, stopped = s.stopper.feed(s.detokenizer.flush())
-        if not stopped:
-            text += s.stopper.flush()  # flush may still find a stop that a longer one was masking
-        s.delta_text += text
-        s.finish_reason = "stop" if stopped or s.stopper.stopped else reason
-
-    def _token_logprob(self, token: int, logprob: float | None, top: list[tuple[int, float]]) -> TokenLogprob:
-        return token_logprob(self.tokenizer, token, logprob, top)
+            top = result.top_logprobs[i]
+            advance(s, result.token_ids[i], result.logprobs[i], top, self.info.eos_token_ids, self.tokenizer)
 
     def _finish(self, touched: dict[str, Request], result: StepResult) -> None:
         done = [s for s in self._running if s.finished]
         if done:
             self.prefiller.remember(done)
             self._release(done)
-        for request in touched.values():
-            if request.request_id in result.failures:
-                continue
-            deltas = [s.take_delta() for s in request.sequences if s.delta_ids or s.delta_text]
-            prompt_logprobs = None
-            if request.prompt_logprobs is not None and not request.prompt_logprobs_sent:
-                prompt_logprobs, request.prompt_logprobs_sent = request.prompt_logprobs, True
-            finished = request.finished
-            result.outputs.append(
-                RequestOutput(
-                    request.request_id,
-                    len(request.prompt_ids),
-                    deltas,
-                    finished,
-                    prompt_logprobs,
-                    request.cached_tokens,
-                )
-            )
-            if finished:
+        made = [(r, request_output(r)) for r in touched.values() if r.request_id not in result.failures]
+        for request, output in made:
+            result.outputs.append(output)
+            if output.finished:
                 self._requests.pop(request.request_id, None)
+        count_outputs(result.stats, made, time.monotonic())
 
     def shutdown(self) -> None:
         """Stop admitting; waiting and running requests are aborted."""

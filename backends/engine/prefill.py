@@ -18,7 +18,7 @@ from the prefill itself, so the prompt runs through the model once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence as Seqs
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -29,7 +29,7 @@ from backends.engine.contract import Backend, StagedBackend
 from backends.engine.detokenizer import token_bytes, token_text
 from backends.engine.outputs import TokenLogprob, TopLogprob
 from backends.engine.prefix_cache import PrefixCache
-from backends.engine.sequence import Request, Sequence
+from backends.engine.state import ChoiceState, Request
 
 log = logging.getLogger("ladle.engine")
 
@@ -44,7 +44,7 @@ class PrefillJob:
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
-    def parent(self) -> Sequence:
+    def parent(self) -> ChoiceState:
         return self.request.sequences[0]
 
     @property
@@ -79,7 +79,7 @@ class Prefiller:
     def num_sequences(self) -> int:
         return sum(job.request.params.num_sequences for job in self.jobs)
 
-    def add(self, requests: Seqs[Request]) -> None:
+    def add(self, requests: Sequence[Request]) -> None:
         self.jobs.extend(PrefillJob(r) for r in requests)
 
     def drop_aborted(self) -> list[Request]:
@@ -117,7 +117,7 @@ class Prefiller:
             self._run_whole(whole, result)
         return result
 
-    def remember(self, seqs: Seqs[Sequence]) -> None:
+    def remember(self, seqs: Sequence[ChoiceState]) -> None:
         """Keep the computed blocks of finished sequences (prompt and output) in the prefix cache."""
         if self.cache is None:
             return

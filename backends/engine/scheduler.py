@@ -13,7 +13,7 @@ from backends.engine.contract import ModelInfo, Seq
 from backends.engine.detokenizer import IncrementalDetokenizer
 from backends.engine.params import SamplingParams
 from backends.engine.sampler import make_generator
-from backends.engine.sequence import Request, Sequence
+from backends.engine.state import ChoiceState, Request
 from backends.engine.stopping import StopMatcher
 from backends.errors import ContextLengthError, InvalidRequestError
 
@@ -66,7 +66,7 @@ def make_sequences(request: Request, info: ModelInfo, tokenizer: Any, first_seq_
         seed = None if params.seed is None else params.seed + index
         prompt_context = [] if info.is_encoder_decoder else request.prompt_ids
         request.sequences.append(
-            Sequence(
+            ChoiceState(
                 seq=seq,
                 request=request,
                 index=index,

@@ -109,7 +109,7 @@ class _TokenBytes(llguidance.TokenizerWrapper):
         self._ids = {b: i for i, b in reversed(list(enumerate(self.tokens))) if b and i not in special}
         self._longest = max(map(len, self._ids), default=1)
 
-    def __call__(self, text: str | bytes) -> list[int]:  # type: ignore[override]
+    def __call__(self, text: str | bytes) -> list[int]:
         data = text.encode() if isinstance(text, str) else text
         ids, pos = [], 0
         while pos < len(data):

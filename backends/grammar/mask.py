@@ -14,11 +14,12 @@ from typing import Protocol
 
 import torch
 
-from backends.engine.sampler import Mask
 from backends.grammar.llg import GrammarMatcher, GrammarTokenizer
 
 # Bit j of an int32 word, the sign bit included: token 32w + j is bit j of word w.
 _BITS = torch.tensor([1 << j for j in range(31)] + [-(2**31)], dtype=torch.int32)  # [32]
+
+Mask = Callable[[torch.Tensor], None]  # masks a float32 [B, V] in place (the grammar step)
 
 
 def unpack(bitmask: torch.Tensor, width: int) -> torch.Tensor:

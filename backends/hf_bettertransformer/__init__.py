@@ -104,7 +104,7 @@ def _max_len(config: Any, max_context: int | None, device: torch.device) -> int:
 def _maybe_optimum(model: Any) -> Any:
     """Convert with optimum.bettertransformer where the installed optimum still has it."""
     try:
-        from optimum.bettertransformer import BetterTransformer  # type: ignore[import-not-found]
+        from optimum.bettertransformer import BetterTransformer
     except ImportError:
         log.info(
             "hf_bettertransformer: optimum.bettertransformer is not installed (optimum 2.x removed it); "

@@ -94,7 +94,8 @@ class BetterTransformerBackend(TransformersRunner):
         except BaseException:
             self._give_back([s.seq_id for s in seqs])
             raise
-        return out.logits[:, -1, :]  # [N, V]
+        logits: torch.Tensor = out.logits[:, -1, :]  # [N, V]
+        return logits
 
     @torch.inference_mode()
     def decode(self, seqs: Sequence[Seq]) -> torch.Tensor:

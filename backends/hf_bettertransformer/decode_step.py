@@ -76,7 +76,8 @@ class DecodeStep:
             use_cache=True,
             logits_to_keep=1,
         )
-        return out.logits[:, -1, :]  # [B, V]
+        logits: torch.Tensor = out.logits[:, -1, :]  # [B, V]
+        return logits
 
     def compile(self) -> bool:
         """Compile the step and build every width now; on failure log one line and stay eager."""
@@ -137,6 +138,6 @@ class DecodeStep:
         input_ids = self.input_ids if self.compiled else self.input_ids[:rows]  # [rows, 1]
         where = self.positions if self.compiled else self.positions[:rows]  # [rows]
         self.cache.set_view(where, width)
-        logits = self._forward(input_ids, where)  # [rows, V]
+        logits: torch.Tensor = self._forward(input_ids, where)  # [rows, V]
         # CUDA graphs reuse their output memory on the next replay: hand out a copy.
         return logits.clone() if self.compiled else logits

@@ -34,7 +34,7 @@ class SlotLayer(CacheLayerMixin):
     is_sliding = False
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, view: DecodeView) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.keys = keys  # [S, H, L, Dk]
         self.values = values  # [S, H, L, Dv]
         self.view = view

@@ -105,7 +105,7 @@ def _empty_model(model_or_config: Any, dtype: torch.dtype | None, trust_remote_c
     config = model_or_config
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     with init_empty_weights():
-        model = auto.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = auto.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)  # type: ignore[no-untyped-call]
     # Tied weights (embedding and head) must land on one device; accelerate finds them by identity.
     model.tie_weights()
     return model

@@ -129,7 +129,8 @@ class TransformersRunner:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        return out.logits[:, -1, :]  # [B, V]
+        logits: torch.Tensor = out.logits[:, -1, :]  # [B, V]
+        return logits
 
     def fork(self, parent: Seq, children: Sequence[Seq]) -> None:
         """Copy the parent's cache row once for each child."""
@@ -177,7 +178,8 @@ class TransformersRunner:
             logits_to_keep=0 if all_logits else 1,
         )
         staged.length = start + count
-        return out.logits[0]  # [C or 1, V]
+        logits: torch.Tensor = out.logits[0]  # [C or 1, V]
+        return logits
 
     @torch.inference_mode()
     def commit(self, seq: Seq) -> None:
@@ -208,7 +210,11 @@ class TransformersRunner:
                 "echo with logprobs is not supported for encoder-decoder models", "echo"
             )
         ids = torch.tensor([list(token_ids)], device=self.device)
-        return self.model(input_ids=ids, use_cache=False).logits[0]  # [S, V]
+        logits: torch.Tensor = self.model(input_ids=ids, use_cache=False).logits[0]  # [S, V]
+        return logits
+
+    def warm_up(self) -> None:
+        """Nothing to prepare: the eager decode step runs as it is (backends that compile it override this)."""
 
     # -- prefill paths --------------------------------------------------------------------------
 

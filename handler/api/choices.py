@@ -8,7 +8,7 @@ from backends.engine.outputs import ChoiceDelta, RequestOutput, TokenLogprob
 
 
 @dataclass(slots=True)
-class ChoiceState:
+class CollectedChoice:
     """Everything one choice has produced so far (for JSON bodies and best_of)."""
 
     text: list[str] = field(default_factory=list)
@@ -51,7 +51,7 @@ class PromptState:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     prompt_logprobs: list[TokenLogprob] | None = None
-    choices: dict[int, ChoiceState] = field(default_factory=dict)
+    choices: dict[int, CollectedChoice] = field(default_factory=dict)
 
     def add(self, output: RequestOutput) -> None:
         self.prompt_tokens = output.prompt_tokens
@@ -59,9 +59,9 @@ class PromptState:
         if output.prompt_logprobs is not None:
             self.prompt_logprobs = output.prompt_logprobs
         for delta in output.choices:
-            self.choices.setdefault(delta.index, ChoiceState()).add(delta)
+            self.choices.setdefault(delta.index, CollectedChoice()).add(delta)
 
-    def best(self, n: int) -> list[ChoiceState]:
+    def best(self, n: int) -> list[CollectedChoice]:
         """The n choices with the highest total logprob (all of them, in order, without best_of)."""
         ordered = [self.choices[index] for index in sorted(self.choices)]
         if len(ordered) <= n:

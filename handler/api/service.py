@@ -35,7 +35,14 @@ from handler.api.requests import (
     SamplingRequest,
     check_json_values,
 )
-from handler.api.responses import ErrorResponse, ModelCard, ModelList
+from handler.api.responses import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Completion,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 from handler.api.tools.grammar import tool_spec
 
 if TYPE_CHECKING:
@@ -137,11 +144,8 @@ class OpenAIService:
         """Compile the output constraint before admission (off the event loop, cached): a bad one is a 400."""
         if params.grammar is None:
             return
-        grammars = getattr(self.model.engine, "grammars", None)
-        if grammars is None:
-            raise APIError("structured outputs are not supported by this engine", param=param)
         try:
-            await grammars.compile_async(params.grammar, param)
+            await self.model.engine.grammars.compile_async(params.grammar, param)
         except ENGINE_ERRORS as exc:
             raise from_engine_error(exc) from None
 
@@ -200,13 +204,19 @@ def choice_texts(bodies: list[BaseModel]) -> dict[int, str]:
     """The text of each choice, joined over the chunks of a stream (or from one whole body)."""
     texts: dict[int, str] = {}
     for body in bodies:
-        for choice in getattr(body, "choices", None) or []:
-            text = getattr(choice, "text", None)
-            if text is None:
-                message = getattr(choice, "message", None) or getattr(choice, "delta", None)
-                text = getattr(message, "content", None)
-            texts[choice.index] = texts.get(choice.index, "") + (text or "")
+        for index, text in _texts(body):
+            texts[index] = texts.get(index, "") + (text or "")
     return texts
+
+
+def _texts(body: BaseModel) -> list[tuple[int, str | None]]:
+    if isinstance(body, Completion):
+        return [(choice.index, choice.text) for choice in body.choices]
+    if isinstance(body, ChatCompletion):
+        return [(choice.index, choice.message.content) for choice in body.choices]
+    if isinstance(body, ChatCompletionChunk):
+        return [(choice.index, choice.delta.content) for choice in body.choices]
+    return []
 
 
 async def _collected(generation: Generation, num_prompts: int) -> list[PromptState]:

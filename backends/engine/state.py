@@ -1,4 +1,4 @@
-"""Per-request and per-sequence state the engine keeps between steps."""
+"""The state the engine keeps between steps: of each request, and of each choice it is generating."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True, eq=False)
-class Sequence:
+class ChoiceState:
     """One choice being generated: its tokens, RNG, text state and finish reason."""
 
     seq: Seq
@@ -72,12 +72,13 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     arrival: float
-    sequences: list[Sequence] = field(default_factory=list)
+    sequences: list[ChoiceState] = field(default_factory=list)
     aborted: bool = False
     prompt_logprobs: list[TokenLogprob] | None = None
     prompt_logprobs_sent: bool = False
     grammar: CompiledGrammar | None = None  # the compiled params.grammar
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    last_output: float | None = None  # when its last output with tokens was made (time.monotonic)
 
     @property
     def finished(self) -> bool:
