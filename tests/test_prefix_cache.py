@@ -176,6 +176,33 @@ def test_a_finished_turn_leaves_its_output_behind_and_n_shares_the_hit() -> None
     assert {c.index for o in outputs for c in o.choices} == {0, 1, 2}
 
 
+def test_prompts_sharing_less_than_a_block_with_the_cache_prefill_together(monkeypatch: Any) -> None:
+    # A hit of a few tokens would take each prompt out of the batched forward: 16 forwards
+    # instead of one for 16 short prompts that start alike. Under a block, the cache is not used.
+    backend = tiny_backend("llama")
+    rng = random.Random(6)
+    vocab = backend.info.vocab_size
+    shared = [rng.randrange(5, vocab) for _ in range(B - 4)]
+    core = EngineCore(backend, 8)
+    _run(core, [shared + [rng.randrange(5, vocab) for _ in range(10)]], SamplingParams(max_tokens=2))
+    forwards: list[int] = []
+    staged: list[int] = []
+    prefill, begin = backend.prefill, backend.begin
+    monkeypatch.setattr(backend, "prefill", lambda seqs: forwards.append(len(seqs)) or prefill(seqs))
+    monkeypatch.setattr(backend, "begin", lambda seq, kv: staged.append(seq.seq_id) or begin(seq, kv))
+    prompts = [shared + [rng.randrange(5, vocab) for _ in range(10)] for _ in range(4)]
+    for prompt in prompts:
+        core.add_request(prompt, SamplingParams(max_tokens=2))
+    outputs = core.step().outputs
+    assert forwards == [4] and staged == []
+    assert [o.cached_tokens for o in outputs] == [0, 0, 0, 0]
+    long_hit = shared + prompts[0][len(shared) :] + [7, 8]  # the whole first block and more cached
+    while core.has_work():
+        core.step()
+    core.add_request(long_hit, SamplingParams(max_tokens=1))
+    assert core.step().outputs[0].cached_tokens >= B and len(staged) == 1
+
+
 def test_staged_prefill_in_chunks_equals_one_prefill() -> None:
     for backend in (tiny_backend("gpt2"), fast_backend("llama", slots=4, max_len=256)):
         rng = random.Random(5)
