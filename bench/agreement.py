@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from backends.engine.prefix_cache import common_prefix
 from bench.harness import forced_logits, greedy_tokens
 
 # rule -> (least same-sequence share, least teacher-forced top-1 share, most relative logit error).
@@ -69,7 +70,7 @@ def compare(model: Any, reference: Reference, rule: str) -> Agreement:
     tokens = len(reference.tokens[0])
     mine = greedy_tokens(model.core, reference.prompts, tokens)
     same = [a == b for a, b in zip(mine, reference.tokens, strict=True)]
-    prefixes = [_common_prefix(a, b) / tokens for a, b in zip(mine, reference.tokens, strict=True)]
+    prefixes = [common_prefix(a, b) / tokens for a, b in zip(mine, reference.tokens, strict=True)]
     top1: list[float] = []
     errors: list[float] = []
     for prompt, continuation, ref in zip(reference.prompts, reference.tokens, reference.logits, strict=True):
@@ -94,12 +95,3 @@ def compare(model: Any, reference: Reference, rule: str) -> Agreement:
         and agreement.logit_error <= most_error
     )
     return agreement
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

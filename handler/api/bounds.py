@@ -14,34 +14,41 @@ import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from handler.api.errors import APIError
 from handler.config import Settings
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from backends.engine.params import SamplingParams
 
 _DEFAULT: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
+T = TypeVar("T", bound="DataclassInstance")
+
+
+def _setting(name: str) -> Any:
+    """A bound read from the setting `name`: its default, and where from_settings finds it."""
+    return dataclasses.field(default=_DEFAULT[name], metadata={"setting": name})
+
+
+def _from_settings(cls: type[T], settings: Settings) -> T:
+    return cls(**{f.name: getattr(settings, f.metadata["setting"]) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The most one request may ask for: max_tokens, n (and best_of), logprobs, tokens in all."""
 
-    max_tokens: int = _DEFAULT["completion_max_tokens"]
-    max_n: int = _DEFAULT["completion_max_n"]
-    max_logprobs: int = _DEFAULT["completion_max_logprobs"]
-    max_total_tokens: int = _DEFAULT["completion_max_total_tokens"]
+    max_tokens: int = _setting("completion_max_tokens")
+    max_n: int = _setting("completion_max_n")
+    max_logprobs: int = _setting("completion_max_logprobs")
+    max_total_tokens: int = _setting("completion_max_total_tokens")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
-        return cls(
-            max_tokens=settings.completion_max_tokens,
-            max_n=settings.completion_max_n,
-            max_logprobs=settings.completion_max_logprobs,
-            max_total_tokens=settings.completion_max_total_tokens,
-        )
+        return _from_settings(cls, settings)
 
     def tokens_per_sequence(self, num_prompts: int, params: SamplingParams) -> int:
         """The most tokens each sequence may generate so the request stays within max_total_tokens."""
@@ -66,23 +73,16 @@ class Limits:
 class RequestBounds:
     """The most of each size one request may ask for."""
 
-    max_stop_length: int = _DEFAULT["completion_max_stop_length"]
-    max_logit_bias: int = _DEFAULT["completion_max_logit_bias"]
-    max_prompts: int = _DEFAULT["completion_max_prompts"]
-    max_prompt_tokens: int = _DEFAULT["completion_max_prompt"]
-    max_messages: int = _DEFAULT["chat_max_messages"]
-    max_message_chars: int = _DEFAULT["chat_max_chars"]
+    max_stop_length: int = _setting("completion_max_stop_length")
+    max_logit_bias: int = _setting("completion_max_logit_bias")
+    max_prompts: int = _setting("completion_max_prompts")
+    max_prompt_tokens: int = _setting("completion_max_prompt")
+    max_messages: int = _setting("chat_max_messages")
+    max_message_chars: int = _setting("chat_max_chars")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestBounds:
-        return cls(
-            max_stop_length=settings.completion_max_stop_length,
-            max_logit_bias=settings.completion_max_logit_bias,
-            max_prompts=settings.completion_max_prompts,
-            max_prompt_tokens=settings.completion_max_prompt,
-            max_messages=settings.chat_max_messages,
-            max_message_chars=settings.chat_max_chars,
-        )
+        return _from_settings(cls, settings)
 
     def check_completion(self, body: object) -> None:
         """Stops, logit_bias, the number of prompts and the length of token-id prompts."""
