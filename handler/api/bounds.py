@@ -20,12 +20,10 @@ from handler.api.errors import APIError
 from handler.config import Settings
 
 if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
     from backends.engine.params import SamplingParams
 
 _DEFAULT: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}
-T = TypeVar("T", bound="DataclassInstance")
+T = TypeVar("T", "Limits", "RequestBounds")
 
 
 def _setting(name: str) -> Any:
