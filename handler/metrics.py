@@ -49,7 +49,11 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("ladle_queue_depth", "Requests waiting for room in the batch", registry=r)
-        self.running = Gauge("ladle_running_sequences", "Sequences in the running batch", registry=r)
+        self.running = Gauge(
+            "ladle_running_sequences",
+            "Sequences in the running batch, those whose prompt is being prefilled included",
+            registry=r,
+        )
         self.kv_cache_tokens = Gauge(
             "ladle_kv_cache_tokens",
             "KV cache positions held by live sequences (padding excluded)",

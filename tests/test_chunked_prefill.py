@@ -175,6 +175,8 @@ def test_a_cancelled_request_gives_its_place_to_the_next_at_the_next_step(when: 
         core.step()
     if when == "prefilling":
         assert core.prefiller.jobs and backend.staged
+        # Mid-prefill, the long prompt counts as running (it holds rows), not as queued.
+        assert core.num_running == 2 and core.num_queued == 1
     elif when == "just_admitted_on_a_hit":
         assert core._requests[victim].cached_tokens == len(prompt) - 1 and core.num_running == 1
     elif when == "decoding":

@@ -79,7 +79,8 @@ class EngineCore:
 
     @property
     def num_running(self) -> int:
-        return len(self._running)
+        """Sequences holding cache rows: decoding, or with their prompt being prefilled in chunks."""
+        return len(self._running) + self.prefiller.num_sequences
 
     @property
     def num_queued(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from backends.engine.contract import Backend, StagedBackend
+from backends.engine.contract import Backend, Seq, StagedBackend
 from backends.engine.detokenizer import token_bytes, token_text
 from backends.engine.outputs import TokenLogprob, TopLogprob
 from backends.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
@@ -71,7 +71,10 @@ class Prefiller:
         self.backend = backend
         self.chunk_tokens = chunk_tokens
         # Encoder-decoders (and backends without staging) prefill whole prompts, uncached.
-        self.staging = isinstance(backend, StagedBackend) and not backend.info.is_encoder_decoder
+        self.staged: StagedBackend | None = None
+        if isinstance(backend, StagedBackend) and not backend.info.is_encoder_decoder:
+            self.staged = backend
+        self.staging = self.staged is not None
         self.cache = PrefixCache(cache_tokens) if cache_tokens and self.staging else None
         self.jobs: list[PrefillJob] = []
 
@@ -125,12 +128,11 @@ class Prefiller:
             # The last token was sampled but never fed: its KV does not exist.
             self._keep(s.seq.token_ids, len(s.seq.token_ids) - 1, s.seq)
 
-    def _keep(self, token_ids: list[int], computed: int, seq: Any) -> None:
+    def _keep(self, token_ids: list[int], computed: int, seq: Seq) -> None:
         """Insert a sequence's blocks; a failure costs future hits, never this request."""
-        assert self.cache is not None
-        staged: Any = self.backend
+        assert self.cache is not None and self.staged is not None  # a cache exists only with staging
         try:
-            self.cache.insert(token_ids, computed, partial(staged.export, seq))
+            self.cache.insert(token_ids, computed, partial(self.staged.export, seq))
         except Exception:
             log.exception("keeping sequence %d in the prefix cache failed", seq.seq_id)
 
@@ -144,15 +146,15 @@ class Prefiller:
         # A hit shorter than a block saves a few tokens but takes the prompt out of the batched
         # forward of its neighbours (each staged prompt runs alone): 16 short prompts sharing
         # their first tokens cost 16 forwards instead of one, about 8% of 16-stream throughput.
-        if hit.tokens >= BLOCK_TOKENS:
-            staged: Any = self.backend
-            staged.begin(job.parent.seq, hit.kv())
+        if hit.tokens >= BLOCK_TOKENS and self.staged is not None:
+            self.staged.begin(job.parent.seq, hit.kv())
             job.staged, job.done = True, hit.tokens
             job.request.cached_tokens = job.done
 
     def _chunk(self, job: PrefillJob, budget: int | None, result: PrefillResult) -> int:
         """Run the next slice of a staged prompt; returns the tokens it computed."""
-        staged: Any = self.backend
+        staged = self.staged
+        assert staged is not None  # prompts are chunked only when the backend stages
         count = job.remaining if budget is None else min(job.remaining, budget)
         try:
             if not job.staged:
