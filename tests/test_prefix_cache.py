@@ -40,6 +40,15 @@ def test_blocks_chain_on_every_token_before_them() -> None:
     assert cache.insert(prompt, len(prompt), _fake_kv) == 0  # nothing new: nothing exported
 
 
+def test_a_hit_shorter_than_a_block_is_no_hit_and_is_not_counted() -> None:
+    cache = PrefixCache(capacity_tokens=8 * B)
+    prompt = list(range(2 * B))
+    cache.insert(prompt, len(prompt), _fake_kv)
+    assert cache.match([*prompt[: B - 2], 999, 998]).tokens == 0  # B - 2 tokens shared
+    assert cache.stats.hit_tokens == 0 and cache.stats.queried_tokens == B
+    assert cache.match([*prompt[:B], 999]).tokens == B
+
+
 def test_a_prompt_reuses_the_tokens_it_shares_with_a_block_where_the_chain_stops() -> None:
     cache = PrefixCache(capacity_tokens=8 * B)
     turn = list(range(2 * B + 20))  # a finished turn: two full blocks and a partial one of 20 tokens

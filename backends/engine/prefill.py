@@ -28,7 +28,7 @@ import torch
 from backends.engine.contract import Backend, Seq, StagedBackend
 from backends.engine.detokenizer import token_bytes, token_text
 from backends.engine.outputs import TokenLogprob, TopLogprob
-from backends.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
+from backends.engine.prefix_cache import PrefixCache
 from backends.engine.state import ChoiceState, Request
 
 log = logging.getLogger("ladle.engine")
@@ -143,10 +143,7 @@ class Prefiller:
         if self.cache is None or job.echo:
             return
         hit = self.cache.match(job.request.prompt_ids)
-        # A hit shorter than a block saves a few tokens but takes the prompt out of the batched
-        # forward of its neighbours (each staged prompt runs alone): 16 short prompts sharing
-        # their first tokens cost 16 forwards instead of one, about 8% of 16-stream throughput.
-        if hit.tokens >= BLOCK_TOKENS and self.staged is not None:
+        if hit.tokens and self.staged is not None:
             self.staged.begin(job.parent.seq, hit.kv())
             job.staged, job.done = True, hit.tokens
             job.request.cached_tokens = job.done

@@ -106,7 +106,8 @@ class PrefixCache:
         return self.capacity_tokens // BLOCK_TOKENS
 
     def match(self, prompt: Sequence[int]) -> PrefixHit:
-        """The longest cached prefix of the prompt, leaving at least one token to compute."""
+        """The longest cached prefix of the prompt, leaving at least one token to compute; none
+        when it is shorter than one block."""
         usable = len(prompt) - 1
         hit = PrefixHit()
         parent: int | None = None
@@ -118,8 +119,13 @@ class PrefixCache:
             parent = key
         start = hit.tokens
         hit.partial, hit.partial_tokens = self._longest_child(parent, prompt[start:usable])
-        self._touch(hit.blocks + ([hit.partial] if hit.partial is not None else []))
         self.stats.queried_tokens += len(prompt)
+        if hit.tokens < BLOCK_TOKENS:
+            # Not worth using: a prompt that starts from cached KV is prefilled alone, so short
+            # prompts that merely begin alike would each cost a forward instead of sharing one
+            # (16 of them: 16 forwards instead of 1). Nor counted, nor made more recent.
+            return PrefixHit()
+        self._touch(hit.blocks + ([hit.partial] if hit.partial is not None else []))
         self.stats.hit_tokens += hit.tokens
         return hit
 
