@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 import uvicorn
 
 from handler.asgi.app import create_app
@@ -106,6 +107,22 @@ def tiny_llama_server() -> Iterator[LiveServer]:
 def openai_client(server: LiveServer) -> openai.OpenAI:
     """The official client pointed at `server`, with no retries to hide a failure."""
     return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def tiny_llama_fixtures() -> tuple[Any, Any]:
+    """Module-scoped `server` and `client` fixtures over one tiny-Llama server; a test module
+    takes them with `server, client = tiny_llama_fixtures()`."""
+
+    @pytest.fixture(scope="module")
+    def server() -> Iterator[LiveServer]:
+        with tiny_llama_server() as live:
+            yield live
+
+    @pytest.fixture(scope="module")
+    def client(server: LiveServer) -> openai.OpenAI:
+        return openai_client(server)
+
+    return server, client
 
 
 def sse_events(raw: str) -> list[str]:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,21 +16,18 @@ import pytest
 from handler.config import Settings
 from handler.model import load_served_model
 from loadtest.matrix import free_port
-from tests.conftest_http import LiveServer, live_server, openai_client, tiny_llama_server, wait_until
+from tests.conftest_http import (
+    LiveServer,
+    live_server,
+    tiny_llama_fixtures,
+    wait_until,
+)
 from tests.tiny_models import tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    with tiny_llama_server() as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai_client(server)
+server, client = tiny_llama_fixtures()
 
 
 def test_models(client: openai.OpenAI) -> None:

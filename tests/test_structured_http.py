@@ -4,7 +4,6 @@ structured_outputs on a tiny random Llama (random weights: only the grammar make
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import jsonschema
@@ -14,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from handler.config import Settings
 from handler.model import load_served_model
-from tests.conftest_http import LiveServer, live_server, openai_client, tiny_llama_server
+from tests.conftest_http import live_server, tiny_llama_fixtures
 
 MESSAGES: Any = [{"role": "user", "content": "Describe a person."}]
 
@@ -51,15 +50,7 @@ class Person(BaseModel):
     email: str | None = Field(max_length=20)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    with tiny_llama_server() as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai_client(server)
+server, client = tiny_llama_fixtures()
 
 
 def _schema_format(schema: dict[str, Any], strict: bool = True) -> Any:

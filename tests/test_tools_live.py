@@ -4,7 +4,6 @@ weights call nothing on their own, so every well-formed call here is the grammar
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import jsonschema
@@ -12,7 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest_http import LiveServer, openai_client, tiny_llama_server
+from tests.conftest_http import tiny_llama_fixtures
 
 MESSAGES: Any = [{"role": "user", "content": "What is the forecast?"}]
 
@@ -32,15 +31,7 @@ SCHEMAS = {tool["function"]["name"]: tool["function"]["parameters"] for tool in 
 NAMED: Any = {"type": "function", "function": {"name": "Alarm"}}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    with tiny_llama_server() as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def client(server: LiveServer) -> openai.OpenAI:
-    return openai_client(server)
+server, client = tiny_llama_fixtures()
 
 
 def create(client: openai.OpenAI, **fields: Any) -> Any:
