@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from backends.engine.advance import advance
-from backends.engine.contract import Backend, StagedBackend
+from backends.engine.contract import Backend
 from backends.engine.params import SamplingParams
 from backends.engine.prefill import Prefiller
 from backends.engine.prefix_cache import PrefixCacheStats
@@ -150,8 +150,8 @@ class EngineCore:
 
     def _cached_tokens(self) -> int:
         """Cache positions held: the backend's count, else prompt plus output of each running choice."""
-        if self.prefiller.staging and isinstance(self.backend, StagedBackend):
-            return self.backend.cached_tokens()
+        if self.prefiller.staged is not None:
+            return self.prefiller.staged.cached_tokens()
         return sum(len(s.prompt_ids) + len(s.output_ids) for s in self._running)
 
     def _report(self, result: StepResult, seconds: float) -> None:

@@ -74,9 +74,12 @@ class Prefiller:
         self.staged: StagedBackend | None = None
         if isinstance(backend, StagedBackend) and not backend.info.is_encoder_decoder:
             self.staged = backend
-        self.staging = self.staged is not None
         self.cache = PrefixCache(cache_tokens) if cache_tokens and self.staging else None
         self.jobs: list[PrefillJob] = []
+
+    @property
+    def staging(self) -> bool:
+        return self.staged is not None
 
     @property
     def num_sequences(self) -> int:
